@@ -1,0 +1,164 @@
+"""Every ``PROCMAN_*`` configuration key, its default, its meaning and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import typing as t
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+from .errors import ConfigurationError
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class ConfigKeys:
+    """The name of every configuration key, in one place (the CLI and the docs reuse them)."""
+
+    #: Concurrent processes allowed across every worker sharing the database (default 5).
+    #: The seed's plain ``MAX_PROCESSES`` is honoured when this key is absent.
+    MAX_PROCESSES = "PROCMAN_MAX_PROCESSES"
+    #: Folder of the per-process log files (default ``<instance_path>/procman``).
+    LOG_DIR = "PROCMAN_LOG_DIR"
+    #: Seconds between SIGTERM and SIGKILL when stopping (default 10).
+    STOP_TIMEOUT = "PROCMAN_STOP_TIMEOUT"
+    #: Bytes of each stream that a status returns (default 64 KiB).
+    OUTPUT_TAIL = "PROCMAN_OUTPUT_TAIL"
+    #: Stop the processes this manager owns when the Python process exits (default True).
+    STOP_ON_EXIT = "PROCMAN_STOP_ON_EXIT"
+    #: SQLAlchemy URL of the records when no Flask-SQLAlchemy ``db`` is given
+    #: (default a SQLite file ``<instance_path>/procman.sqlite3``).
+    DATABASE_URI = "PROCMAN_DATABASE_URI"
+    #: How long finished records and their logs are kept: seconds or a ``timedelta``;
+    #: ``None`` keeps them forever (default 7 days).
+    RETENTION = "PROCMAN_RETENTION"
+    #: Seconds between the watcher's database checks (stop requests, queue, adoption; default 1.0).
+    POLL_INTERVAL = "PROCMAN_POLL_INTERVAL"
+    #: Bytes of stderr kept in ``error`` when a process ends with a non-zero code (default 4 KiB).
+    ERROR_TAIL = "PROCMAN_ERROR_TAIL"
+    #: Register the REST blueprint and dashboard (default True; closed until opened, see below).
+    API_ENABLED = "PROCMAN_API_ENABLED"
+    #: URL prefix of the blueprint (default ``/procman``).
+    API_PREFIX = "PROCMAN_API_PREFIX"
+    #: Bearer token that opens the API (default None: the API answers 401).
+    API_TOKEN = "PROCMAN_API_TOKEN"
+    #: Programs that HTTP and ``flask procman run`` may start: ``{name: {"cmd": [...], ...}}``.
+    PROGRAMS = "PROCMAN_PROGRAMS"
+    #: Largest request body the API accepts, in bytes (default 64 KiB).
+    API_MAX_BODY = "PROCMAN_API_MAX_BODY"
+
+
+#: The default of every key; ``None`` for LOG_DIR and DATABASE_URI means "derived from instance_path".
+DEFAULTS: dict[str, t.Any] = {
+    ConfigKeys.MAX_PROCESSES: 5,
+    ConfigKeys.LOG_DIR: None,
+    ConfigKeys.STOP_TIMEOUT: 10.0,
+    ConfigKeys.OUTPUT_TAIL: 64 * KIB,
+    ConfigKeys.STOP_ON_EXIT: True,
+    ConfigKeys.DATABASE_URI: None,
+    ConfigKeys.RETENTION: dt.timedelta(days=7),
+    ConfigKeys.POLL_INTERVAL: 1.0,
+    ConfigKeys.ERROR_TAIL: 4 * KIB,
+    ConfigKeys.API_ENABLED: True,
+    ConfigKeys.API_PREFIX: "/procman",
+    ConfigKeys.API_TOKEN: None,
+    ConfigKeys.PROGRAMS: {},
+    ConfigKeys.API_MAX_BODY: 64 * KIB,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app, read once at ``init_app``."""
+
+    max_processes: int
+    log_dir: str
+    stop_timeout: float
+    output_tail: int
+    stop_on_exit: bool
+    database_uri: str
+    retention: float | None
+    poll_interval: float
+    error_tail: int
+    api_enabled: bool
+    api_prefix: str
+    api_max_body: int
+
+
+def apply_defaults(app: Flask) -> None:
+    """Set every key's default with ``setdefault``; the seed's ``MAX_PROCESSES`` wins over the default."""
+    if ConfigKeys.MAX_PROCESSES not in app.config and "MAX_PROCESSES" in app.config:
+        app.config[ConfigKeys.MAX_PROCESSES] = app.config["MAX_PROCESSES"]
+    for key, value in DEFAULTS.items():
+        app.config.setdefault(key, value.copy() if isinstance(value, dict) else value)
+
+
+def _number(config: t.Mapping[str, t.Any], key: str, *, integer: bool, minimum: float,
+            strictly_positive: bool = False) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(f"{key} must be {kind}, not {value!r}.")
+    if value < minimum or (strictly_positive and value <= 0):
+        bound = "greater than 0" if strictly_positive else f">= {minimum}"
+        raise ConfigurationError(f"{key} must be {bound}, not {value!r}.")
+    return value
+
+
+def read_settings(app: Flask) -> Settings:
+    """Validate the app's config and return its :class:`Settings`; errors name the key."""
+    config = app.config
+    retention_raw = config[ConfigKeys.RETENTION]
+    retention: float | None
+    if retention_raw is None:
+        retention = None
+    elif isinstance(retention_raw, dt.timedelta):
+        retention = retention_raw.total_seconds()
+        if retention < 0:
+            raise ConfigurationError(f"{ConfigKeys.RETENTION} must not be negative, not {retention_raw!r}.")
+    else:
+        retention = _number(config, ConfigKeys.RETENTION, integer=False, minimum=0)
+
+    for flag in (ConfigKeys.STOP_ON_EXIT, ConfigKeys.API_ENABLED):
+        if not isinstance(config[flag], bool):
+            raise ConfigurationError(f"{flag} must be True or False, not {config[flag]!r}.")
+
+    prefix = config[ConfigKeys.API_PREFIX]
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise ConfigurationError(f"{ConfigKeys.API_PREFIX} must be a path starting with '/', not {prefix!r}.")
+    token = config[ConfigKeys.API_TOKEN]
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise ConfigurationError(
+            f"{ConfigKeys.API_TOKEN} must be a string of at least 16 characters (e.g. secrets.token_urlsafe()), or None."
+        )
+    if not isinstance(config[ConfigKeys.PROGRAMS], dict):
+        raise ConfigurationError(f"{ConfigKeys.PROGRAMS} must be a dict of name -> program settings.")
+
+    log_dir = config[ConfigKeys.LOG_DIR] or os.path.join(app.instance_path, "procman")
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise ConfigurationError(f"{ConfigKeys.LOG_DIR} must be a path, not {log_dir!r}.")
+    database_uri = config[ConfigKeys.DATABASE_URI] or (
+        "sqlite:///" + os.path.join(os.path.abspath(app.instance_path), "procman.sqlite3")
+    )
+    if not isinstance(database_uri, str):
+        raise ConfigurationError(f"{ConfigKeys.DATABASE_URI} must be an SQLAlchemy URL string, not {database_uri!r}.")
+
+    return Settings(
+        max_processes=int(_number(config, ConfigKeys.MAX_PROCESSES, integer=True, minimum=0)),
+        log_dir=os.path.abspath(os.fspath(log_dir)),
+        stop_timeout=float(_number(config, ConfigKeys.STOP_TIMEOUT, integer=False, minimum=0)),
+        output_tail=int(_number(config, ConfigKeys.OUTPUT_TAIL, integer=True, minimum=0)),
+        stop_on_exit=config[ConfigKeys.STOP_ON_EXIT],
+        database_uri=database_uri,
+        retention=retention,
+        poll_interval=float(_number(config, ConfigKeys.POLL_INTERVAL, integer=False, minimum=0,
+                                    strictly_positive=True)),
+        error_tail=int(_number(config, ConfigKeys.ERROR_TAIL, integer=True, minimum=0)),
+        api_enabled=config[ConfigKeys.API_ENABLED],
+        api_prefix=prefix.rstrip("/") or "/",
+        api_max_body=int(_number(config, ConfigKeys.API_MAX_BODY, integer=True, minimum=1)),
+    )

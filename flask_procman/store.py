@@ -1,0 +1,306 @@
+"""Process records in a database through SQLAlchemy: the truth every worker shares."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import typing as t
+import zlib
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+
+from .errors import StoreUnavailable
+
+TABLE_NAME = "procman_processes"
+
+#: Statuses of a process that has not ended yet.
+ACTIVE = ("queued", "running")
+#: Statuses of a process that has ended; a record never leaves them.
+FINAL = ("completed", "stopped", "timed_out", "failed", "lost")
+STATUSES = ACTIVE + FINAL
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every database (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def make_table(metadata: sa.MetaData) -> sa.Table:
+    """Define the ``procman_processes`` table in ``metadata`` (the app's own when it gives a ``db``)."""
+    return sa.Table(
+        TABLE_NAME,
+        metadata,
+        sa.Column("id", sa.String(128), primary_key=True),
+        sa.Column("status", sa.String(16), nullable=False, index=True),
+        sa.Column("cmd", sa.JSON, nullable=False),
+        sa.Column("cwd", sa.Text),
+        sa.Column("env_keys", sa.JSON),  # names only: values hold secrets and are never stored
+        sa.Column("program", sa.String(128)),
+        sa.Column("handler", sa.String(128)),
+        sa.Column("meta", sa.JSON),
+        sa.Column("merge_stderr", sa.Boolean, nullable=False, default=False),
+        sa.Column("timeout", sa.Float),
+        sa.Column("return_code", sa.Integer),
+        sa.Column("pid", sa.Integer),
+        sa.Column("pid_started", sa.Float),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("owner", sa.String(255)),
+        sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+        sa.Column("started_at", UTCDateTime),
+        sa.Column("finished_at", UTCDateTime),
+        sa.Column("stop_requested", sa.String(16)),
+        sa.Column("error", sa.Text),
+        sa.Column("survivors", sa.JSON),
+        sa.Column("handler_state", sa.String(16)),
+    )
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, a busy timeout, and explicit BEGIN so a claim can take the write lock up front."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: t.Any, _record: t.Any) -> None:
+        dbapi_conn.isolation_level = None  # let the "begin" hook below emit BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("procman_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_own_engine(url: str) -> Engine:
+    """The engine used when the app gives no Flask-SQLAlchemy ``db``."""
+    is_sqlite = url.startswith("sqlite")
+    kwargs: dict[str, t.Any] = {"pool_pre_ping": not is_sqlite}
+    if is_sqlite:
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = sa.create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        _sqlite_setup(engine)
+        engine._procman_begin_hook = True  # type: ignore[attr-defined]
+    return engine
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+class Store:
+    """Reads and writes process records; every multi-worker decision is one transaction here."""
+
+    def __init__(self, engine: Engine, table: sa.Table, *, owns_table: bool) -> None:
+        self.engine = engine
+        self.table = table
+        self.owns_table = owns_table
+        self._checked = False
+        #: Our own SQLite engines emit BEGIN themselves (see _sqlite_setup); an app's engine does not.
+        self._begin_hook = bool(getattr(engine, "_procman_begin_hook", False))
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def ensure_table(self) -> None:
+        """Create the table when the extension owns it; otherwise say clearly that it is missing."""
+        if self._checked:
+            return
+        try:
+            if self.owns_table:
+                self.table.create(self.engine, checkfirst=True)
+            elif not sa.inspect(self.engine).has_table(TABLE_NAME):
+                raise StoreUnavailable(
+                    f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "
+                    "db.create_all() or a migration (it is part of db.metadata)."
+                )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"The process database cannot be reached: {exc.__class__.__name__}.") from exc
+        self._checked = True
+
+    @contextlib.contextmanager
+    def transaction(self, *, exclusive: bool = False) -> t.Iterator[Connection]:
+        """A transaction; ``exclusive`` serialises it with every other exclusive one, in any OS process."""
+        self.ensure_table()
+        try:
+            conn = self.engine.connect()
+            if exclusive and self.engine.dialect.name == "sqlite":
+                conn = conn.execution_options(procman_begin="IMMEDIATE")
+            with conn:
+                with conn.begin():
+                    if exclusive and self.engine.dialect.name == "sqlite" and not self._begin_hook:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    if exclusive and self.engine.dialect.name == "postgresql":
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
+                    yield conn
+        except (OperationalError, ProgrammingError) as exc:
+            if self._is_missing_table(exc):
+                self._checked = False
+            raise StoreUnavailable(
+                f"The process database cannot be reached or is locked ({exc.orig.__class__.__name__}); "
+                "running processes go on and records catch up when it is back."
+            ) from exc
+
+    @staticmethod
+    def _is_missing_table(exc: SQLAlchemyError) -> bool:
+        text = str(getattr(exc, "orig", exc)).lower()
+        return "no such table" in text or "does not exist" in text
+
+    # -- reads -----------------------------------------------------------------------------------
+    def get(self, process_id: str) -> dict[str, t.Any] | None:
+        """The record as a dict, or None."""
+        with self.transaction() as conn:
+            row = conn.execute(sa.select(self.table).where(self.table.c.id == process_id)).mappings().first()
+        return dict(row) if row else None
+
+    def list(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
+             offset: int = 0) -> tuple[list[dict[str, t.Any]], int]:
+        """Records newest first, and the total count matching ``status``."""
+        table = self.table
+        where = []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(table.c.status.in_(statuses))
+        query = sa.select(table).where(*where).order_by(table.c.created_at.desc(), table.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
+        with self.transaction() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+        return rows, int(total)
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many records have each status."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(self.table.c.status, sa.func.count()).group_by(self.table.c.status)
+            ).all()
+        return {status: int(count) for status, count in rows}
+
+    def active_on_host(self, host: str) -> list[dict[str, t.Any]]:
+        """Queued and running records of ``host``, oldest first (the watcher's periodic view)."""
+        table = self.table
+        query = (
+            sa.select(table.c.id, table.c.status, table.c.owner, table.c.pid, table.c.pid_started,
+                      table.c.stop_requested, table.c.handler, table.c.timeout, table.c.started_at)
+            .where(table.c.host == host, table.c.status.in_(ACTIVE))
+            .order_by(table.c.created_at, table.c.id)
+        )
+        with self.transaction() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def pending_handlers(self, host: str) -> list[dict[str, t.Any]]:
+        """Final records whose durable handler has not been run to the end."""
+        table = self.table
+        query = sa.select(table).where(
+            table.c.host == host, table.c.status.in_(FINAL), table.c.handler_state == "pending"
+        )
+        with self.transaction() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # -- the claim: the global cap ---------------------------------------------------------------
+    def claim(self, record: dict[str, t.Any], cap: int, queue: bool) -> str | None:
+        """Insert ``record`` as running (a slot was free), queued, or not at all (cap reached).
+
+        Returns the status given, or None. An older *final* record with the same id is replaced;
+        a live one raises ``KeyError``. Queued records are first in line: a direct start only
+        gets a slot when running + queued < cap.
+        """
+        table = self.table
+        with self.transaction(exclusive=True) as conn:
+            existing = conn.execute(sa.select(table.c.status).where(table.c.id == record["id"])).scalar()
+            if existing is not None and existing in ACTIVE:
+                raise KeyError(record["id"])
+            counts = dict(
+                conn.execute(
+                    sa.select(table.c.status, sa.func.count())
+                    .where(table.c.status.in_(ACTIVE)).group_by(table.c.status)
+                ).all()
+            )
+            busy = counts.get("running", 0) + counts.get("queued", 0)
+            if busy < cap:
+                status = "running"
+            elif queue:
+                status = "queued"
+            else:
+                return None
+            if existing is not None:
+                conn.execute(sa.delete(table).where(table.c.id == record["id"]))
+            conn.execute(sa.insert(table).values(**record, status=status))
+            return status
+
+    def promote(self, host: str, cap: int, owner: str) -> list[dict[str, t.Any]]:
+        """Mark the oldest queued records of ``host`` running, as many as free slots allow."""
+        table = self.table
+        with self.transaction(exclusive=True) as conn:
+            running = conn.execute(
+                sa.select(sa.func.count()).select_from(table).where(table.c.status == "running")
+            ).scalar_one()
+            free = cap - int(running)
+            if free <= 0:
+                return []
+            rows = [
+                dict(r) for r in conn.execute(
+                    sa.select(table).where(table.c.status == "queued", table.c.host == host)
+                    .order_by(table.c.created_at, table.c.id).limit(free)
+                ).mappings()
+            ]
+            for row in rows:
+                conn.execute(
+                    sa.update(table).where(table.c.id == row["id"], table.c.status == "queued")
+                    .values(status="running", owner=owner)
+                )
+            return rows
+
+    # -- writes ----------------------------------------------------------------------------------
+    def update(self, process_id: str, *, expect_status: t.Sequence[str] | None = None,
+               expect_owner: str | None = None, **values: t.Any) -> bool:
+        """Update one record; with ``expect_*`` only if it is still in that state (a compare-and-set)."""
+        table = self.table
+        where = [table.c.id == process_id]
+        if expect_status is not None:
+            where.append(table.c.status.in_(list(expect_status)))
+        if expect_owner is not None:
+            where.append(table.c.owner == expect_owner)
+        with self.transaction() as conn:
+            result = conn.execute(sa.update(table).where(*where).values(**values))
+        return result.rowcount == 1
+
+    def delete(self, process_id: str, *, only_final: bool = True) -> bool:
+        """Delete a record (by default only a final one)."""
+        table = self.table
+        where = [table.c.id == process_id]
+        if only_final:
+            where.append(table.c.status.in_(FINAL))
+        with self.transaction() as conn:
+            return conn.execute(sa.delete(table).where(*where)).rowcount == 1
+
+    def expired(self, before: dt.datetime) -> list[str]:
+        """Ids of final records finished before ``before``."""
+        table = self.table
+        with self.transaction() as conn:
+            return list(conn.execute(
+                sa.select(table.c.id).where(table.c.status.in_(FINAL), table.c.finished_at < before)
+            ).scalars())

@@ -38,6 +38,8 @@ class ConfigKeys:
     RETENTION = "PROCMAN_RETENTION"
     #: Seconds between the watcher's database checks (stop requests, queue, adoption; default 1.0).
     POLL_INTERVAL = "PROCMAN_POLL_INTERVAL"
+    #: Seconds between background prunes by each manager (default 3600).
+    PRUNE_INTERVAL = "PROCMAN_PRUNE_INTERVAL"
     #: Bytes of stderr kept in ``error`` when a process ends with a non-zero code (default 4 KiB).
     ERROR_TAIL = "PROCMAN_ERROR_TAIL"
     #: Register the REST blueprint and dashboard (default True; closed until opened, see below).
@@ -62,6 +64,7 @@ DEFAULTS: dict[str, t.Any] = {
     ConfigKeys.DATABASE_URI: None,
     ConfigKeys.RETENTION: dt.timedelta(days=7),
     ConfigKeys.POLL_INTERVAL: 1.0,
+    ConfigKeys.PRUNE_INTERVAL: 3600.0,
     ConfigKeys.ERROR_TAIL: 4 * KIB,
     ConfigKeys.API_ENABLED: True,
     ConfigKeys.API_PREFIX: "/procman",
@@ -83,6 +86,7 @@ class Settings:
     database_uri: str
     retention: float | None
     poll_interval: float
+    prune_interval: float
     error_tail: int
     api_enabled: bool
     api_prefix: str
@@ -157,6 +161,8 @@ def read_settings(app: Flask) -> Settings:
         retention=retention,
         poll_interval=float(_number(config, ConfigKeys.POLL_INTERVAL, integer=False, minimum=0,
                                     strictly_positive=True)),
+        prune_interval=float(_number(config, ConfigKeys.PRUNE_INTERVAL, integer=False, minimum=0,
+                                     strictly_positive=True)),
         error_tail=int(_number(config, ConfigKeys.ERROR_TAIL, integer=True, minimum=0)),
         api_enabled=config[ConfigKeys.API_ENABLED],
         api_prefix=prefix.rstrip("/") or "/",

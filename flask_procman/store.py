@@ -221,12 +221,14 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     # -- the claim: the global cap ---------------------------------------------------------------
-    def claim(self, record: dict[str, t.Any], cap: int, queue: bool) -> str | None:
+    def claim(self, record: dict[str, t.Any], cap: int, queue: bool,
+              on_queued: t.Callable[[], None] | None = None) -> str | None:
         """Insert ``record`` as running (a slot was free), queued, or not at all (cap reached).
 
         Returns the status given, or None. An older *final* record with the same id is replaced;
         a live one raises ``KeyError``. Queued records are first in line: a direct start only
-        gets a slot when running + queued < cap.
+        gets a slot when running + queued < cap. ``on_queued`` runs before the commit, so that
+        no manager can promote the record before it is ready (its env file written).
         """
         table = self.table
         with self.transaction(exclusive=True) as conn:
@@ -249,6 +251,8 @@ class Store:
             if existing is not None:
                 conn.execute(sa.delete(table).where(table.c.id == record["id"]))
             conn.execute(sa.insert(table).values(**record, status=status))
+            if status == "queued" and on_queued is not None:
+                on_queued()
             return status
 
     def promote(self, host: str, cap: int, owner: str) -> list[dict[str, t.Any]]:

@@ -1,0 +1,337 @@
+"""The one background thread of a manager: notices ends, enforces timeouts, runs periodic work."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import selectors
+import threading
+import time
+import typing as t
+
+from .local import Identity, TreeKiller, open_pidfd, reap
+
+log = logging.getLogger("flask_procman")
+
+
+class WatcherClient(t.Protocol):
+    """What the watcher asks of its manager."""
+
+    def record_end(self, process_id: str, return_code: int | None, *, killed: bool, survivors: list[int]) -> None:
+        """Record that a watched process has ended (raises on database errors; retried later)."""
+
+    def request_timeout_stop(self, process_id: str) -> None:
+        """Mark a process as being stopped for its timeout (raises on database errors)."""
+
+    def tick(self) -> None:
+        """Periodic database work: stop requests, queue promotion, adoption, pruning."""
+
+    def read_exit_status(self, process_id: str) -> int | None:
+        """The exit status the wrapper left on disk, if any."""
+
+
+@dataclasses.dataclass
+class Watched:
+    """A process the watcher follows until it ends."""
+
+    process_id: str
+    identity: Identity
+    is_child: bool
+    deadline: float | None = None  # time.monotonic() at which the timeout fires
+    pidfd: int | None = None
+    killer: TreeKiller | None = None
+    kill_at: float | None = None
+    killed: bool = False
+    ended: bool = False
+
+
+class Watcher:
+    """One thread per manager, whatever the number of processes.
+
+    Ends are noticed through pidfds in one ``selectors`` loop (pidfds work for adopted processes
+    that are not our children too); without pidfds, by polling. Stops for timeouts escalate from
+    SIGTERM to SIGKILL without ever blocking the loop.
+    """
+
+    FALLBACK_POLL = 0.1
+
+    def __init__(self, client: WatcherClient, poll_interval: float, stop_timeout: float) -> None:
+        self._client = client
+        self._poll_interval = poll_interval
+        self._stop_timeout = stop_timeout
+        self._lock = threading.Lock()
+        self._incoming: list[Watched] = []
+        self._watched: dict[str, Watched] = {}
+        self._pending_ends: list[tuple[Watched, int | None]] = []
+        self._stopping = False
+        self._tick_now = True
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="procman-watcher", daemon=True)
+
+    # -- called from other threads ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def watch(self, process_id: str, identity: Identity, *, is_child: bool, timeout_left: float | None) -> None:
+        """Follow a process until it ends (thread-safe)."""
+        deadline = time.monotonic() + max(0.0, timeout_left) if timeout_left is not None else None
+        with self._lock:
+            self._incoming.append(Watched(process_id, identity, is_child, deadline))
+        self.wake()
+
+    def request_tick(self) -> None:
+        """Run the periodic database work soon (e.g. a slot was freed)."""
+        self._tick_now = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Interrupt the loop's wait."""
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def watched(self) -> list[Watched]:
+        """The processes followed now, including those not yet picked up by the loop."""
+        with self._lock:
+            return [w for w in (*self._watched.values(), *self._incoming) if not w.ended]
+
+    def is_watching(self, process_id: str) -> bool:
+        """True when the process is followed by this watcher."""
+        with self._lock:
+            return any(w.process_id == process_id and not w.ended
+                       for w in (*self._watched.values(), *self._incoming))
+
+    def begin_stop(self, process_id: str) -> None:
+        """Start a non-blocking stop (SIGTERM now, SIGKILL after the grace) of a watched process."""
+        with self._lock:
+            watched = self._watched.get(process_id)
+            if watched is not None and watched.killer is None:
+                self._begin_kill(watched)
+
+    def stop(self, join: bool = True) -> None:
+        """End the loop; the processes keep running."""
+        self._stopping = True
+        self.wake()
+        if join and self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+        with self._lock:
+            for watched in self._watched.values():
+                self._close_pidfd(watched)
+
+    def close(self) -> None:
+        """Release the pipe and selector (after :meth:`stop`)."""
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop the parent's fds without touching its processes."""
+        with self._lock:
+            for watched in self._watched.values():
+                self._close_pidfd(watched)
+            self._watched.clear()
+            self._incoming.clear()
+        self.close()
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_tick = 0.0
+        while not self._stopping:
+            try:
+                self._take_incoming()
+                now = time.monotonic()
+                if self._tick_now or now >= next_tick:
+                    self._tick_now = False
+                    next_tick = now + self._poll_interval
+                    self._safe(self._client.tick)
+                    self._retry_pending_ends()
+                timeout = self._wait_time(next_tick)
+                for key, _ in self._selector.select(timeout):
+                    if key.data is None:
+                        self._drain_wake()
+                    else:
+                        self._on_exit(key.data)
+                self._poll_without_pidfd()
+                self._enforce_deadlines()
+            except Exception:  # never let the watcher die: log and go on
+                log.exception("procman watcher loop error")
+                time.sleep(0.1)
+
+    def _safe(self, fn: t.Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.warning("procman: periodic work failed (%s); will retry", exc)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _wait_time(self, next_tick: float) -> float:
+        now = time.monotonic()
+        timeout = max(0.0, next_tick - now)
+        with self._lock:
+            for watched in self._watched.values():
+                if watched.pidfd is None:
+                    timeout = min(timeout, self.FALLBACK_POLL)
+                if watched.deadline is not None and watched.killer is None:
+                    timeout = min(timeout, max(0.0, watched.deadline - now))
+                if watched.killer is not None:
+                    timeout = min(timeout, 0.05)
+            if self._pending_ends:
+                timeout = min(timeout, 0.5)
+        return timeout
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for watched in incoming:
+            if watched.process_id in self._watched:
+                continue
+            watched.pidfd = open_pidfd(watched.identity) if not watched.is_child else self._child_pidfd(watched)
+            with self._lock:
+                self._watched[watched.process_id] = watched
+            if watched.pidfd is not None:
+                self._selector.register(watched.pidfd, selectors.EVENT_READ, watched)
+            elif not watched.is_child and not watched.identity.is_alive():
+                self._on_exit(watched)
+
+    @staticmethod
+    def _child_pidfd(watched: Watched) -> int | None:
+        # Our own unreaped child cannot be replaced by another process: no identity check needed.
+        if not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            return os.pidfd_open(watched.identity.pid)
+        except OSError:
+            return None
+
+    def _close_pidfd(self, watched: Watched) -> None:
+        if watched.pidfd is not None:
+            try:
+                self._selector.unregister(watched.pidfd)
+            except (KeyError, ValueError, OSError):
+                pass
+            try:
+                os.close(watched.pidfd)
+            except OSError:
+                pass
+            watched.pidfd = None
+
+    def _poll_without_pidfd(self) -> None:
+        with self._lock:
+            candidates = [w for w in self._watched.values() if w.pidfd is None and not w.ended]
+        for watched in candidates:
+            if watched.is_child:
+                try:
+                    code = reap(watched.identity.pid)
+                except ChildProcessError:
+                    code = self._client.read_exit_status(watched.process_id)
+                    self._finish(watched, code)
+                    continue
+                if code is not None:
+                    self._finish(watched, code)
+            elif not watched.identity.is_alive():
+                self._on_exit(watched)
+
+    def _on_exit(self, watched: Watched) -> None:
+        if watched.ended:
+            return
+        code: int | None
+        if watched.is_child:
+            try:
+                code = reap(watched.identity.pid)
+                if code is None:  # pidfd said it ended; the status is on its way
+                    code = self._reap_blocking(watched.identity.pid)
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): use the wrapper's record
+                code = self._client.read_exit_status(watched.process_id)
+        else:
+            code = self._client.read_exit_status(watched.process_id)
+        self._finish(watched, code)
+
+    @staticmethod
+    def _reap_blocking(pid: int) -> int | None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            code = reap(pid)
+            if code is not None:
+                return code
+            time.sleep(0.001)
+        return None
+
+    def _finish(self, watched: Watched, code: int | None) -> None:
+        watched.ended = True
+        self._close_pidfd(watched)
+        if code is None and watched.killed:
+            code = -9  # killed by our SIGKILL: the wrapper had no chance to write a status
+        if watched.killer is not None and watched.killer.survivors():
+            # The root ended but descendants are still alive: keep killing them, record after.
+            with self._lock:
+                self._pending_ends.append((watched, code))
+            return
+        self._report(watched, code)
+
+    def _report(self, watched: Watched, code: int | None) -> None:
+        survivors = watched.killer.survivors() if watched.killer is not None else []
+        try:
+            self._client.record_end(watched.process_id, code, killed=watched.killed, survivors=survivors)
+        except Exception as exc:
+            log.warning("procman: could not record the end of %s (%s); will retry", watched.process_id, exc)
+            with self._lock:
+                self._pending_ends.append((watched, code))
+            return
+        with self._lock:
+            self._watched.pop(watched.process_id, None)
+
+    def _retry_pending_ends(self) -> None:
+        with self._lock:
+            pending, self._pending_ends = self._pending_ends, []
+        now = time.monotonic()
+        for watched, code in pending:
+            dying = watched.killer is not None and watched.killer.survivors()
+            # Wait for the SIGKILL (and a moment after it) before recording what survived.
+            if dying and (not watched.killed or now < (watched.kill_at or now) + 2.0):
+                with self._lock:
+                    self._pending_ends.append((watched, code))
+                continue
+            self._report(watched, code)
+
+    def _begin_kill(self, watched: Watched) -> None:
+        watched.killer = TreeKiller(watched.identity)
+        watched.killer.terminate()
+        watched.kill_at = time.monotonic() + self._stop_timeout
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            items = list(self._watched.values())
+        for watched in items:
+            if watched.killer is None and watched.deadline is not None and now >= watched.deadline and not watched.ended:
+                try:
+                    self._client.request_timeout_stop(watched.process_id)
+                except Exception as exc:
+                    log.warning("procman: could not mark %s as timed out (%s)", watched.process_id, exc)
+                with self._lock:
+                    self._begin_kill(watched)
+            elif watched.killer is not None and not watched.killed and watched.kill_at is not None and now >= watched.kill_at:
+                watched.killer.kill()
+                watched.killed = True
+        if any(w.killer is not None and w.killed for w, _ in self._pending_ends):
+            self._retry_pending_ends()

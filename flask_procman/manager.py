@@ -1,0 +1,768 @@
+"""One app's process manager in one OS process: the operations behind the public API."""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import typing as t
+import uuid
+
+import click
+import sqlalchemy as sa
+from werkzeug.serving import is_running_from_reloader
+
+from . import errors
+from .config import MIB, Settings
+from .engine.local import Identity, kill_trees, process_start_time, spawn
+from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
+from .engine.watcher import Watcher
+from .programs import Program, make_program
+from .signals import process_finished, process_started
+from .store import ACTIVE, FINAL, Store, create_own_engine, make_table, utcnow
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .extension import ProcMan
+
+log = logging.getLogger("flask_procman")
+
+#: ``on_complete(process_id, return_code)``: return_code is None when there is none.
+CompletionCallback = t.Callable[[str, t.Optional[int]], t.Any]
+
+DEFAULT_READ_LIMIT = 1 * MIB
+_CALLBACK_THREADS = 2
+
+
+def _check_id(process_id: object) -> str:
+    if not is_valid_process_id(process_id):
+        raise errors.InvalidProcessId(
+            f"Invalid process id {process_id!r}: ids are 1-128 characters from A-Z a-z 0-9 . _ - "
+            "and start with a letter or digit (they become file names)."
+        )
+    return t.cast(str, process_id)
+
+
+def _check_timeout(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise errors.InvalidCommand(f"{name} must be a positive number of seconds or None, not {value!r}.")
+    return float(value)
+
+
+def _check_cmd(cmd: object) -> list[str]:
+    if isinstance(cmd, (str, bytes)):
+        raise errors.InvalidCommand("cmd must be a list of strings, not a string: no shell is used. "
+                                    "Write ['python', 'script.py'] instead of 'python script.py'.")
+    if not isinstance(cmd, (list, tuple)) or not cmd:
+        raise errors.InvalidCommand(f"cmd must be a non-empty list of strings, not {cmd!r}.")
+    if not all(isinstance(part, str) and "\0" not in part for part in cmd) or not cmd[0]:
+        raise errors.InvalidCommand("every item of cmd must be a string without NUL characters, "
+                                    "and the program name must not be empty.")
+    return list(cmd)
+
+
+def _check_env(env: object) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, t.Mapping):
+        raise errors.InvalidCommand(f"env must be a mapping of strings to strings, not {type(env).__name__}.")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise errors.InvalidCommand(f"env has an invalid variable name {key!r}.")
+        if not isinstance(value, str) or "\0" in value:
+            raise errors.InvalidCommand(f"env value of {key!r} must be a string without NUL characters.")
+    return dict(env)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Manager:
+    """The process manager of one Flask app in one OS process.
+
+    Records live in the database and output in log files, so every manager of the app (each
+    gunicorn worker, the CLI) sees and controls every process. ``app.extensions["procman"]``
+    holds it; most code reaches it through :class:`~flask_procman.ProcMan` or
+    :class:`~flask_procman.ProcessManager` instead.
+    """
+
+    def __init__(self, app: Flask, settings: Settings, extension: ProcMan, *,
+                 db: SQLAlchemy | None = None, table: sa.Table | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.extension = extension
+        self.host = socket.gethostname()
+        self._db = db
+        self._table = table
+        self._store: Store | None = None
+        self._lock = threading.RLock()
+        self._pid: int | None = None
+        self._watcher: Watcher | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._callbacks: dict[str, CompletionCallback] = {}
+        self._events: dict[str, threading.Event] = {}
+        self._owner = ""
+        self._cli_mode = False
+        self._last_prune = 0.0
+        self._ticks = 0
+        self._atexit_pid: int | None = None
+
+    # ================================================================ engine lifecycle ==========
+    @property
+    def store(self) -> Store:
+        """The record store, created on first use (never in ``init_app``)."""
+        self._check_fork()
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    if self._db is not None and self._table is not None:
+                        with self.app.app_context():
+                            engine = self._db.engine
+                        self._store = Store(engine, self._table, owns_table=False)
+                    else:
+                        table = make_table(sa.MetaData())
+                        os.makedirs(self.app.instance_path, exist_ok=True)
+                        self._store = Store(create_own_engine(self.settings.database_uri), table, owns_table=True)
+        return self._store
+
+    @property
+    def owner(self) -> str:
+        """This manager's owner id: ``host|pid|start time|nonce``."""
+        self._ensure_engine()
+        return self._owner
+
+    @property
+    def cli_mode(self) -> bool:
+        """True when the engine was started inside a ``flask`` CLI command: it then never adopts
+        other managers' processes, never promotes queued ones and never stops processes at exit."""
+        return self._cli_mode
+
+    def _check_fork(self) -> None:
+        if self._pid is not None and self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """A forked child (gunicorn --preload, pytest-flask's live_server): start afresh."""
+        self._lock = threading.RLock()
+        if self._watcher is not None:
+            self._watcher.abandon_after_fork()
+        self._watcher = None
+        self._pool = None
+        self._callbacks = {}
+        self._events = {}
+        if self._store is not None and self._store.owns_table:
+            self._store.engine.dispose(close=False)
+        self._pid = None
+
+    def _ensure_engine(self) -> None:
+        """Start the watcher on first use in this OS process (and again after a fork)."""
+        self._check_fork()
+        if self._pid == os.getpid() and self._watcher is not None:
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._watcher is not None:
+                return
+            pid = os.getpid()
+            self._cli_mode = click.get_current_context(silent=True) is not None
+            self._owner = f"{self.host}|{pid}|{process_start_time(pid):.6f}|{uuid.uuid4().hex[:8]}"
+            os.makedirs(self.settings.log_dir, mode=0o700, exist_ok=True)
+            self._pool = concurrent.futures.ThreadPoolExecutor(_CALLBACK_THREADS, thread_name_prefix="procman-callback")
+            self._watcher = Watcher(self, self.settings.poll_interval, self.settings.stop_timeout)
+            self._pid = pid
+            self._watcher.start()
+            if self._atexit_pid != pid:
+                atexit.register(self._atexit)
+                self._atexit_pid = pid
+
+    def _atexit(self) -> None:
+        if self._pid != os.getpid():
+            return
+        # Under the debug reloader every code change ends this process: its processes are left
+        # running for the next child to adopt, instead of being killed on each edit.
+        stop = self.settings.stop_on_exit and not self._cli_mode and not is_running_from_reloader()
+        self.shutdown(stop_processes=stop)
+
+    def shutdown(self, *, stop_processes: bool | None = None) -> None:
+        """Stop the watcher; stop the processes this manager owns when ``stop_processes``
+        (default ``PROCMAN_STOP_ON_EXIT``, never in CLI mode). Using the manager again restarts it."""
+        self._check_fork()
+        with self._lock:
+            watcher, pool = self._watcher, self._pool
+            if watcher is None:
+                return
+            if stop_processes is None:
+                stop_processes = self.settings.stop_on_exit and not self._cli_mode
+            watcher.stop()
+            owned = watcher.watched()
+            self._watcher = None
+            self._pid = None
+        if stop_processes and owned:
+            for watched in owned:
+                self._try(lambda w=watched: self.store.update(  # type: ignore[misc]
+                    w.process_id, expect_status=["running"], stop_requested="stop"))
+            survivors = kill_trees([w.identity for w in owned], self.settings.stop_timeout)
+            for watched in owned:
+                code = self._exit_code_after_kill(watched.identity, watched.process_id, watched.is_child)
+                left = [p for p in survivors if p == watched.identity.pid]
+                self._try(lambda w=watched, c=code, s=left: self.record_end(  # type: ignore[misc]
+                    w.process_id, c, killed=True, survivors=s, inline=True))
+        watcher.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _try(self, fn: t.Callable[[], t.Any]) -> None:
+        try:
+            fn()
+        except errors.StoreUnavailable as exc:
+            log.warning("procman: %s", exc)
+
+    # ================================================================ starting ===================
+    def start_process(
+        self,
+        process_id: str,
+        cmd: t.Sequence[str],
+        cwd: str | os.PathLike[str] | None = None,
+        env: t.Mapping[str, str] | None = None,
+        on_complete: CompletionCallback | None = None,
+        *,
+        timeout: float | None = None,
+        queue: bool = False,
+        merge_stderr: bool = False,
+        metadata: t.Mapping[str, t.Any] | None = None,
+        handler: str | None = None,
+        program: str | None = None,
+    ) -> bool:
+        """Start ``cmd``; see :meth:`flask_procman.ProcMan.start_process`."""
+        process_id = _check_id(process_id)
+        argv = _check_cmd(cmd)
+        overrides = _check_env(env)
+        timeout = _check_timeout(timeout, "timeout")
+        if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
+            raise errors.InvalidCommand(f"cwd must be a path or None, not {cwd!r}.")
+        workdir = os.path.abspath(os.fspath(cwd)) if cwd is not None else None
+        if on_complete is not None and not callable(on_complete):
+            raise errors.InvalidCommand("on_complete must be a callable(process_id, return_code) or None.")
+        if handler is not None and handler not in self.extension.handlers:
+            raise errors.UnknownHandler(
+                f"No completion handler named {handler!r}; register it at app setup with "
+                f"@procman.on_complete({handler!r})."
+            )
+        meta = self._check_metadata(metadata)
+        self._ensure_engine()
+        record = {
+            "id": process_id, "cmd": argv, "cwd": workdir, "env_keys": sorted(overrides),
+            "program": program, "handler": handler, "meta": meta, "merge_stderr": bool(merge_stderr),
+            "timeout": timeout, "host": self.host, "owner": self._owner, "created_at": utcnow(),
+            "return_code": None, "pid": None, "pid_started": None, "started_at": None,
+            "finished_at": None, "stop_requested": None, "error": None, "survivors": None,
+            "handler_state": None,
+        }
+        logs = LogFiles(self.settings.log_dir, process_id)
+        try:
+            status = self.store.claim(record, self.settings.max_processes, queue,
+                                      on_queued=(lambda: logs.write_env(overrides)) if overrides else None)
+        except KeyError:
+            raise errors.ProcessExists(
+                f"Process id {process_id!r} is already running or queued; stop it or choose another id."
+            ) from None
+        if status is None:
+            return False
+        if on_complete is not None:
+            self._callbacks[process_id] = on_complete
+        if status == "queued":
+            t.cast(Watcher, self._watcher).request_tick()
+            return True
+        self._spawn(record, overrides, raise_errors=True)
+        return True
+
+    @staticmethod
+    def _check_metadata(metadata: object) -> dict[str, t.Any] | None:
+        if metadata is None:
+            return None
+        if not isinstance(metadata, t.Mapping):
+            raise errors.InvalidCommand("metadata must be a JSON-serialisable mapping or None.")
+        import json
+
+        try:
+            return t.cast(dict[str, t.Any], json.loads(json.dumps(dict(metadata), allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidCommand(f"metadata must be JSON-serialisable: {exc}.") from None
+
+    def _spawn(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, raise_errors: bool) -> bool:
+        """Spawn a claimed record; on failure mark it ``failed`` (and raise ``StartError`` if asked)."""
+        process_id = record["id"]
+        env = {**os.environ, **overrides}
+        if "PYTHONUNBUFFERED" not in overrides:
+            env["PYTHONUNBUFFERED"] = "1"
+        logs = LogFiles(self.settings.log_dir, process_id)
+        try:
+            identity = spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
+        except OSError as exc:
+            message = f"Could not start {record['cmd'][0]!r}: {exc}"
+            self._try(lambda: self.store.update(process_id, status="failed", error=message, finished_at=utcnow()))
+            if raise_errors:
+                self._callbacks.pop(process_id, None)
+                raise errors.StartError(message) from exc
+            self._dispatch_end(process_id, won=True)
+            return False
+        try:
+            self.store.update(process_id, pid=identity.pid, pid_started=identity.started,
+                              started_at=utcnow(), owner=self._owner)
+        except errors.StoreUnavailable:
+            # No record of the pid means nobody could ever stop it: do not leave it running.
+            kill_trees([identity], 0.5)
+            self._try(lambda: self.store.update(process_id, status="failed", finished_at=utcnow(),
+                                                error="the database failed while starting"))
+            self._callbacks.pop(process_id, None)
+            raise
+        t.cast(Watcher, self._watcher).watch(process_id, identity, is_child=True, timeout_left=record["timeout"])
+        self._send_started(process_id, identity.pid)
+        return True
+
+    def _send_started(self, process_id: str, pid: int) -> None:
+        if not process_started.receivers:
+            return
+        with self.app.app_context():
+            process_started.send(self.app, process_id=process_id, pid=pid)
+
+    # ================================================================ reading ====================
+    def get_process_status(self, process_id: str) -> dict[str, t.Any] | None:
+        """The status dict of a process, or None when there is no such record."""
+        process_id = _check_id(process_id)
+        self._ensure_started_for_reads()
+        row = self.store.get(process_id)
+        return self.to_status(row) if row is not None else None
+
+    def _ensure_started_for_reads(self) -> None:
+        # A web worker that only reads must still adopt what a dead worker left; the CLI must not.
+        if click.get_current_context(silent=True) is None:
+            self._ensure_engine()
+        else:
+            self._check_fork()
+
+    def to_status(self, row: t.Mapping[str, t.Any], *, with_output: bool = True) -> dict[str, t.Any]:
+        """The public status dict of a record (see README: "Status dict")."""
+        logs = LogFiles(self.settings.log_dir, row["id"])
+        started, finished = row["started_at"], row["finished_at"]
+        duration = None
+        if started is not None:
+            duration = ((finished or utcnow()) - started).total_seconds()
+        status: dict[str, t.Any] = {
+            "id": row["id"], "status": row["status"], "return_code": row["return_code"], "pid": row["pid"],
+            "cmd": list(row["cmd"]), "cwd": row["cwd"], "program": row["program"], "handler": row["handler"],
+            "created_at": row["created_at"], "started_at": started, "finished_at": finished,
+            "duration": duration, "stdout_size": logs.size("stdout"),
+            "stderr_size": 0 if row["merge_stderr"] else logs.size("stderr"),
+            "error": row["error"], "metadata": row["meta"], "merge_stderr": bool(row["merge_stderr"]),
+            "env_keys": list(row["env_keys"] or []), "timeout": row["timeout"],
+            "survivors": list(row["survivors"] or []),
+        }
+        if with_output:
+            tail = self.settings.output_tail
+            status["stdout"] = decode_output(logs.tail("stdout", tail))
+            status["stderr"] = "" if row["merge_stderr"] else decode_output(logs.tail("stderr", tail))
+        return status
+
+    @staticmethod
+    def status_to_json(status: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """The status dict with timestamps as ISO 8601 strings."""
+        return {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in status.items()}
+
+    def read_output(self, process_id: str, stream: str = "stdout", offset: int = 0,
+                    limit: int = DEFAULT_READ_LIMIT) -> tuple[bytes, int]:
+        """Up to ``limit`` bytes of ``stream`` from byte ``offset``: ``(data, next_offset)``.
+
+        Non-destructive: any number of readers, in any worker, each see everything.
+        """
+        process_id = _check_id(process_id)
+        if stream not in STREAMS:
+            raise errors.InvalidCommand(f"stream must be 'stdout' or 'stderr', not {stream!r}.")
+        for name, value in (("offset", offset), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise errors.InvalidCommand(f"{name} must be an integer >= 0, not {value!r}.")
+        logs = LogFiles(self.settings.log_dir, process_id)
+        if not os.path.isdir(logs.folder):
+            self._check_fork()
+            if self.store.get(process_id) is None:
+                raise errors.ProcessNotFound(f"No process with id {process_id!r}.")
+        return logs.read(stream, offset, min(limit, 64 * MIB))
+
+    def list_processes(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
+                       offset: int = 0, with_output: bool = False) -> list[dict[str, t.Any]]:
+        """Status dicts, newest first (without the output tails unless ``with_output``)."""
+        return self.list_page(status, limit=limit, offset=offset, with_output=with_output)[0]
+
+    def list_page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
+                  offset: int = 0, with_output: bool = False) -> tuple[list[dict[str, t.Any]], int]:
+        """A page of status dicts, newest first, and the total number matching."""
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            unknown = [s for s in wanted if s not in ACTIVE + FINAL]
+            if unknown:
+                raise errors.InvalidCommand(f"unknown status {unknown}; statuses are {list(ACTIVE + FINAL)}.")
+        self._ensure_started_for_reads()
+        rows, total = self.store.list(status, limit=limit, offset=offset)
+        return [self.to_status(r, with_output=with_output) for r in rows], total
+
+    def stats(self) -> dict[str, t.Any]:
+        """``{"running", "queued", "max_processes", "by_status"}``."""
+        self._ensure_started_for_reads()
+        counts = self.store.count_by_status()
+        return {"running": counts.get("running", 0), "queued": counts.get("queued", 0),
+                "max_processes": self.settings.max_processes, "by_status": counts}
+
+    def wait(self, process_id: str, timeout: float | None = None) -> dict[str, t.Any]:
+        """Block until the process has ended and return its final status (``TimeoutError`` on timeout)."""
+        process_id = _check_id(process_id)
+        timeout = _check_timeout(timeout, "timeout") if timeout is not None else None
+        self._ensure_started_for_reads()
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        event = self._events.setdefault(process_id, threading.Event())
+        pause = 0.01
+        try:
+            while True:
+                row = self.store.get(process_id)
+                if row is None:
+                    raise errors.ProcessNotFound(f"No process with id {process_id!r}.")
+                if row["status"] in FINAL:
+                    return self.to_status(row)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"Process {process_id!r} is still {row['status']} after {timeout} s.")
+                event.wait(pause if left is None else min(pause, left))
+                event.clear()
+                pause = min(pause * 2, 0.25)
+        finally:
+            self._events.pop(process_id, None)
+
+    # ================================================================ stopping ===================
+    def stop_process(self, process_id: str, timeout: float | None = None) -> bool:
+        """Stop a process and its whole tree; True if it was running or queued and has now ended."""
+        process_id = _check_id(process_id)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise errors.InvalidCommand(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}.")
+        grace = self.settings.stop_timeout if timeout is None else float(timeout)
+        self._ensure_started_for_reads()
+        row = self.store.get(process_id)
+        if row is None or row["status"] in FINAL:
+            return False
+        if row["status"] == "queued" and self._stop_queued(process_id):
+            return True
+        return self._stop_running([process_id], grace) == [process_id]
+
+    def _stop_queued(self, process_id: str) -> bool:
+        if not self.store.update(process_id, expect_status=["queued"], status="stopped",
+                                 stop_requested="stop", finished_at=utcnow()):
+            return False  # promoted meanwhile: stop it as a running one
+        LogFiles(self.settings.log_dir, process_id).pop_env()
+        self._dispatch_end(process_id, won=True)
+        return True
+
+    def _stop_running(self, process_ids: t.Sequence[str], grace: float) -> list[str]:
+        """Stop running processes together; returns the ids that ended."""
+        targets: dict[str, dict[str, t.Any]] = {}
+        remote: list[str] = []
+        for process_id in process_ids:
+            row = self._wait_for_pid(process_id)
+            if row is None or row["status"] in FINAL:
+                continue
+            if row["host"] != self.host:
+                self.store.update(process_id, expect_status=["running"], stop_requested="stop-request")
+                remote.append(process_id)
+                continue
+            self.store.update(process_id, expect_status=["running"], stop_requested="stop")
+            targets[process_id] = row
+        identities = {pid: Identity(row["pid"], row["pid_started"]) for pid, row in targets.items()}
+        survivors = kill_trees(list(identities.values()), grace) if identities else []
+        ended: list[str] = []
+        for process_id, identity in identities.items():
+            left = [p for p in survivors if p == identity.pid]
+            if self._await_record(process_id, identity, left, wait=2.0 + self.settings.poll_interval):
+                ended.append(process_id)
+        for process_id in remote:
+            row = self._poll_final(process_id, grace + 5 * self.settings.poll_interval + 5)
+            if row is not None:
+                ended.append(process_id)
+        return ended
+
+    def _wait_for_pid(self, process_id: str, wait: float = 5.0) -> dict[str, t.Any] | None:
+        """The record once its pid is known (a start may be between claim and spawn)."""
+        deadline = time.monotonic() + wait
+        while True:
+            row = self.store.get(process_id)
+            if row is None or row["status"] in FINAL or row["pid"] is not None or time.monotonic() > deadline:
+                return row
+            time.sleep(0.01)
+
+    def _poll_final(self, process_id: str, wait: float) -> dict[str, t.Any] | None:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            row = self.store.get(process_id)
+            if row is None or row["status"] in FINAL:
+                return row
+            time.sleep(0.02)
+        return None
+
+    def _await_record(self, process_id: str, identity: Identity, survivors: list[int], wait: float) -> bool:
+        """After a kill: let the owner record the end, or record it here if nobody does."""
+        if survivors:
+            self._try(lambda: self.store.update(process_id, survivors=survivors))
+        if self._poll_final(process_id, wait) is not None:
+            return True
+        code = self._exit_code_after_kill(identity, process_id, is_child=False)
+        self.record_end(process_id, code, killed=True, survivors=survivors)
+        row = self.store.get(process_id)
+        return row is not None and row["status"] in FINAL
+
+    def _exit_code_after_kill(self, identity: Identity, process_id: str, is_child: bool) -> int | None:
+        if is_child:
+            try:
+                waited, status = os.waitpid(identity.pid, os.WNOHANG)
+                if waited:
+                    return os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                pass
+        code = self.read_exit_status(process_id)
+        return code if code is not None else -9
+
+    def stop_all(self, timeout: float | None = None) -> list[str]:
+        """Stop every queued and running process of the app; returns the ids stopped."""
+        grace = self.settings.stop_timeout if timeout is None else float(timeout)
+        self._ensure_started_for_reads()
+        rows, _ = self.store.list(list(ACTIVE))
+        stopped = [r["id"] for r in rows if r["status"] == "queued" and self._stop_queued(r["id"])]
+        running = [r["id"] for r in rows if r["id"] not in stopped]
+        return stopped + self._stop_running(running, grace)
+
+    # ================================================================ removing ===================
+    def remove_process(self, process_id: str) -> bool:
+        """Delete a finished process's record and log files; False if unknown."""
+        process_id = _check_id(process_id)
+        self._check_fork()
+        row = self.store.get(process_id)
+        if row is None:
+            return False
+        if row["status"] not in FINAL:
+            raise errors.ProcessNotFinished(f"Process {process_id!r} is {row['status']}; stop it before removing it.")
+        if not self.store.delete(process_id):
+            return False
+        LogFiles(self.settings.log_dir, process_id).remove()
+        return True
+
+    def prune(self) -> int:
+        """Delete finished records (and their logs) older than ``PROCMAN_RETENTION``; returns how many."""
+        retention = self.settings.retention
+        if retention is None:
+            return 0
+        self._check_fork()
+        removed = 0
+        for process_id in self.store.expired(utcnow() - dt.timedelta(seconds=retention)):
+            if self.store.delete(process_id):
+                LogFiles(self.settings.log_dir, process_id).remove()
+                removed += 1
+        return removed
+
+    # ================================================================ recording ends ============
+    def read_exit_status(self, process_id: str) -> int | None:
+        """The exit status the wrapper wrote next to the logs, if any."""
+        return LogFiles(self.settings.log_dir, process_id).read_exit_status()
+
+    def request_timeout_stop(self, process_id: str) -> None:
+        """Mark a running process as stopped for its timeout (before it is signalled)."""
+        self.store.update(process_id, expect_status=["running"], stop_requested="timeout")
+
+    def record_end(self, process_id: str, return_code: int | None, *, killed: bool = False,
+                   survivors: list[int] | None = None, inline: bool = False) -> bool:
+        """Record the end of a process, once: a compare-and-set from ``running`` to a final status.
+
+        Returns True in the one manager that won and so runs the durable handler.
+        """
+        row = self.store.get(process_id)
+        if row is None:
+            return False
+        won = False
+        if row["status"] == "running":
+            reason = row["stop_requested"]
+            error = None
+            if reason == "timeout":
+                status = "timed_out"
+            elif reason is not None:
+                status = "stopped"
+            elif return_code is None:
+                status = "lost"
+                error = ("The process ended while no manager was its parent and it left no exit status "
+                         "(killed by SIGKILL, or its log folder was not writable).")
+            else:
+                status = "completed"
+            if return_code not in (0, None):
+                stream = "stdout" if row["merge_stderr"] else "stderr"
+                tail = LogFiles(self.settings.log_dir, process_id).tail(stream, self.settings.error_tail)
+                error = decode_output(tail) or f"exited with code {return_code}"
+            values: dict[str, t.Any] = {
+                "status": status, "return_code": return_code, "finished_at": utcnow(), "error": error,
+                "owner": self._owner or row["owner"],
+                "handler_state": "pending" if row["handler"] else None,
+            }
+            if survivors:
+                values["survivors"] = survivors
+                values["error"] = (error or "") + f"\nstill alive after SIGKILL: {survivors}"
+            won = self.store.update(process_id, expect_status=["running"], **values)
+        if won or process_id in self._callbacks or process_id in self._events:
+            self._dispatch_end(process_id, won=won, inline=inline)
+        if won and self._watcher is not None:
+            self._watcher.request_tick()  # a slot is free: promote queued starts now
+        return won
+
+    def _dispatch_end(self, process_id: str, *, won: bool, inline: bool = False) -> None:
+        """Run the in-memory callback (if this worker holds one) and, for the recorder, the durable
+        handler and the signal, with the app context pushed, off the watcher thread."""
+        callback = self._callbacks.pop(process_id, None)
+        event = self._events.get(process_id)
+        if event is not None:
+            event.set()
+        if callback is None and not won:
+            return
+        pool = self._pool
+        if inline or pool is None:
+            self._run_completion(process_id, callback, won)
+            return
+        try:
+            pool.submit(self._run_completion, process_id, callback, won)
+        except RuntimeError:  # pool shut down (interpreter exiting)
+            self._run_completion(process_id, callback, won)
+
+    def _run_completion(self, process_id: str, callback: CompletionCallback | None, won: bool) -> None:
+        with self.app.app_context():
+            try:
+                row = self.store.get(process_id)
+            except errors.StoreUnavailable:
+                log.exception("procman: could not read %s to run its completion", process_id)
+                return
+            if row is None:
+                return
+            code = row["return_code"]
+            if callback is not None:
+                try:
+                    callback(process_id, code)
+                except Exception:
+                    log.exception("procman: on_complete callback of %s raised", process_id)
+            if won:
+                self._run_handler(row)
+                try:
+                    process_finished.send(self.app, process_id=process_id, status=row["status"], return_code=code)
+                except Exception:
+                    log.exception("procman: a process_finished receiver raised for %s", process_id)
+
+    def _run_handler(self, row: t.Mapping[str, t.Any]) -> None:
+        name = row["handler"]
+        if not name or row["handler_state"] != "pending":
+            return
+        handler = self.extension.handlers.get(name)
+        if handler is None:
+            log.error("procman: no handler named %r for %s (register it at app setup)", name, row["id"])
+        else:
+            try:
+                handler(row["id"], row["return_code"])
+            except Exception:
+                log.exception("procman: handler %r of %s raised", name, row["id"])
+        self._try(lambda: self.store.update(row["id"], handler_state="done"))
+
+    # ================================================================ periodic work =============
+    def tick(self) -> None:
+        """The watcher's periodic database work (runs on the watcher thread)."""
+        self._ticks += 1
+        rows = self.store.active_on_host(self.host)
+        watcher = t.cast(Watcher, self._watcher)
+        active = {r["id"] for r in rows}
+        # Callbacks held here for processes someone else finished (or promoted and finished).
+        for process_id in [p for p in self._callbacks if p not in active]:
+            row = self.store.get(process_id)
+            if row is None or row["status"] in FINAL:
+                self._dispatch_end(process_id, won=False)
+        for row in rows:
+            if row["status"] != "running" or row["owner"] != self._owner:
+                continue
+            if row["stop_requested"] == "stop-request":  # asked from another host
+                watcher.begin_stop(row["id"])
+        if self._cli_mode:
+            return
+        if any(r["status"] == "queued" for r in rows):
+            for record in self.store.promote(self.host, self.settings.max_processes, self._owner):
+                overrides = LogFiles(self.settings.log_dir, record["id"]).pop_env() or {}
+                self._spawn(record, overrides, raise_errors=False)
+        alive: dict[str, bool] = {}
+        for row in rows:
+            owner = row["owner"]
+            if row["status"] == "running" and owner and owner != self._owner and not watcher.is_watching(row["id"]):
+                if owner not in alive:
+                    alive[owner] = _owner_alive(owner)
+                if not alive[owner]:
+                    self._adopt(row, owner)
+        if self._ticks % 10 == 1:
+            for row in self.store.pending_handlers(self.host):
+                if row["owner"] != self._owner and not _owner_alive(row["owner"] or ""):
+                    if self.store.update(row["id"], expect_owner=row["owner"], owner=self._owner):
+                        self._dispatch_end(row["id"], won=True)
+        now = time.monotonic()
+        if self.settings.retention is not None and now - self._last_prune >= self.settings.prune_interval:
+            self._last_prune = now
+            self.prune()
+
+    def _adopt(self, row: t.Mapping[str, t.Any], old_owner: str) -> None:
+        """Take over a running process whose manager died: watch it and record its real end."""
+        process_id = row["id"]
+        if not self.store.update(process_id, expect_status=["running"], expect_owner=old_owner, owner=self._owner):
+            return  # another manager adopted it first
+        if row["pid"] is None:
+            self.record_end(process_id, None)
+            self.store.update(process_id, error="The manager that was starting it died before it started.")
+            return
+        timeout_left = None
+        if row["timeout"] is not None and row["started_at"] is not None:
+            timeout_left = row["timeout"] - (utcnow() - row["started_at"]).total_seconds()
+        log.info("procman: adopting %s (pid %s) from %s", process_id, row["pid"], old_owner)
+        t.cast(Watcher, self._watcher).watch(
+            process_id, Identity(row["pid"], row["pid_started"]), is_child=False, timeout_left=timeout_left
+        )
+
+    # ================================================================ programs ===================
+    def programs(self) -> dict[str, Program]:
+        """Declared programs: ``PROCMAN_PROGRAMS`` of this app, then ``register_program`` ones."""
+        declared = {name: make_program(name, spec) for name, spec in self.app.config.get("PROCMAN_PROGRAMS", {}).items()}
+        declared.update(self.extension.programs)
+        return declared
+
+    def start_program(self, name: str, *, process_id: str | None = None, args: t.Sequence[str] = (),
+                      env: t.Mapping[str, str] | None = None, queue: bool = False,
+                      metadata: t.Mapping[str, t.Any] | None = None, handler: str | None = None) -> tuple[str, bool]:
+        """Start a declared program; returns ``(process_id, started_or_queued)``."""
+        program = self.programs().get(name)
+        if program is None:
+            raise errors.UnknownProgram(f"No program named {name!r} is declared (PROCMAN_PROGRAMS or register_program).")
+        argv, overrides = program.build(list(args), env)
+        if process_id is None:
+            process_id = f"{name}-{uuid.uuid4().hex[:12]}"
+            if not is_valid_process_id(process_id):
+                process_id = uuid.uuid4().hex
+        ok = self.start_process(process_id, argv, program.cwd, overrides, timeout=program.timeout, queue=queue,
+                                metadata=metadata, handler=handler, program=name)
+        return process_id, ok
+
+
+def _owner_alive(owner: str) -> bool:
+    """Is the manager behind an owner id still running? (Same host only; zombies are dead.)"""
+    try:
+        _host, pid, started, _nonce = owner.split("|")
+        return Identity(int(pid), float(started)).is_alive()
+    except ValueError:
+        return False

@@ -1,0 +1,163 @@
+"""The OpenAPI 3.1 document of the REST API (served at ``<prefix>/api/openapi.json``)."""
+
+from __future__ import annotations
+
+import typing as t
+
+from .engine.logfiles import PROCESS_ID_RE
+from .store import STATUSES
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error_responses(*codes: int) -> dict[str, t.Any]:
+    text = {400: "Bad input", 401: "Authentication needed", 403: "Forbidden", 404: "Not found",
+            409: "Conflict with the process's state", 413: "Body too large", 429: "Concurrency cap reached"}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+
+
+def _json(schema: dict[str, t.Any], description: str = "OK") -> dict[str, t.Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_document(prefix: str) -> dict[str, t.Any]:
+    """The document for an API mounted at ``prefix`` (e.g. ``/procman``)."""
+    pid = {"name": "process_id", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": f"^{PROCESS_ID_RE.pattern}$"}}
+    auth_errors = (401, 403)
+    status_ref = {"$ref": "#/components/schemas/Process"}
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    paths: dict[str, t.Any] = {
+        "/api/health": {"get": {
+            "summary": "Liveness and counts (open, reveals counts only)", "operationId": "health", "security": [],
+            "responses": {"200": _json({"type": "object", "required": ["status", "running", "queued"],
+                                        "properties": {"status": {"const": "ok"}, "running": {"type": "integer"},
+                                                       "queued": {"type": "integer"}}})},
+        }},
+        "/api/processes": {"get": {
+            "summary": "List processes, newest first", "operationId": "listProcesses",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {"200": _json({"type": "object", "required": ["processes", "total", "limit", "offset"],
+                                        "properties": {"processes": {"type": "array", "items": status_ref},
+                                                       "total": {"type": "integer"}, "limit": {"type": "integer"},
+                                                       "offset": {"type": "integer"}}}),
+                          **_error_responses(400, *auth_errors)},
+        }},
+        "/api/processes/{process_id}": {
+            "get": {"summary": "Status of one process", "operationId": "getProcess", "parameters": [pid],
+                    "responses": {"200": _json(status_ref), **_error_responses(400, *auth_errors, 404)}},
+            "delete": {"summary": "Delete a finished process and its logs", "operationId": "deleteProcess",
+                       "parameters": [pid],
+                       "responses": {"204": {"description": "Deleted"},
+                                     **_error_responses(400, *auth_errors, 404, 409)}},
+        },
+        "/api/processes/{process_id}/output": {"get": {
+            "summary": "Read output by byte offset (non-destructive)", "operationId": "readOutput",
+            "parameters": [
+                pid,
+                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 4194304}},
+                {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "raw"]}},
+            ],
+            "responses": {
+                "200": {"description": "A chunk of output", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["data", "offset", "next_offset", "ended"],
+                        "properties": {"data": {"type": "string"}, "offset": {"type": "integer"},
+                                       "next_offset": {"type": "integer"}, "ended": {"type": "boolean"}}}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }},
+                **_error_responses(400, *auth_errors, 404),
+            },
+        }},
+        "/api/processes/{process_id}/events": {"get": {
+            "summary": "Server-Sent Events: stdout, stderr, status, end; id is '<stdout>:<stderr>' offsets",
+            "operationId": "processEvents",
+            "parameters": [pid, {"name": "Last-Event-ID", "in": "header", "required": False,
+                                 "schema": {"type": "string", "pattern": "^[0-9]{1,18}:[0-9]{1,18}$"}}],
+            "responses": {"200": {"description": "An event stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_error_responses(400, *auth_errors, 404)},
+        }},
+        "/api/processes/{process_id}/stop": {"post": {
+            "summary": "Stop a running or queued process (its whole tree)", "operationId": "stopProcess",
+            "parameters": [pid],
+            "responses": {"200": _json({"type": "object", "required": ["stopped", "process"],
+                                        "properties": {"stopped": {"const": True}, "process": status_ref}}),
+                          **_error_responses(400, *auth_errors, 404, 409)},
+        }},
+        "/api/programs": {"get": {
+            "summary": "The programs the app declared", "operationId": "listPrograms",
+            "responses": {"200": _json({"type": "object", "required": ["programs"], "properties": {
+                "programs": {"type": "array", "items": {"$ref": "#/components/schemas/Program"}}}}),
+                **_error_responses(*auth_errors)},
+        }},
+        "/api/programs/{name}/start": {"post": {
+            "summary": "Start a declared program", "operationId": "startProgram",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "process_id": {"type": "string", "pattern": f"^{PROCESS_ID_RE.pattern}$"},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "queue": {"type": "boolean"}}}}}},
+            "responses": {
+                "201": {**_json({"type": "object", "properties": {"process": status_ref}}, "Started"),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                "202": {**_json({"type": "object", "properties": {"process": status_ref}}, "Queued"),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                **_error_responses(400, *auth_errors, 404, 409, 413, 429),
+            },
+        }},
+        "/api/stats": {"get": {
+            "summary": "Counts", "operationId": "stats",
+            "responses": {"200": _json({"type": "object", "required": ["running", "queued", "max_processes", "by_status"],
+                                        "properties": {"running": {"type": "integer"}, "queued": {"type": "integer"},
+                                                       "max_processes": {"type": "integer"},
+                                                       "by_status": {"type": "object",
+                                                                     "additionalProperties": {"type": "integer"}}}}),
+                          **_error_responses(*auth_errors)},
+        }},
+        "/api/openapi.json": {"get": {
+            "summary": "This document", "operationId": "openapi",
+            "responses": {"200": _json({"type": "object"}), **_error_responses(*auth_errors)},
+        }},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "flask-procman", "version": "1",
+                 "description": "Start, watch, read and stop the processes of a Flask app."},
+        "servers": [{"url": prefix.rstrip("/") or "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "Program": {"type": "object", "required": ["name", "cmd"], "properties": {
+                    "name": {"type": "string"}, "cmd": {"type": "array", "items": {"type": "string"}},
+                    "cwd": {"type": ["string", "null"]}, "timeout": {"type": ["number", "null"]},
+                    "allow_args": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}}}},
+                "Process": {"type": "object", "required": ["id", "status", "cmd"], "properties": {
+                    "id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)},
+                    "return_code": {"type": ["integer", "null"]}, "pid": {"type": ["integer", "null"]},
+                    "cmd": {"type": "array", "items": {"type": "string"}}, "cwd": {"type": ["string", "null"]},
+                    "program": {"type": ["string", "null"]}, "handler": {"type": ["string", "null"]},
+                    "created_at": {"type": "string", "format": "date-time"}, "started_at": nullable_time,
+                    "finished_at": nullable_time, "duration": {"type": ["number", "null"]},
+                    "stdout": {"type": "string"}, "stderr": {"type": "string"},
+                    "stdout_size": {"type": "integer"}, "stderr_size": {"type": "integer"},
+                    "error": {"type": ["string", "null"]}, "metadata": {"type": ["object", "null"]},
+                    "merge_stderr": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}},
+                    "timeout": {"type": ["number", "null"]},
+                    "survivors": {"type": "array", "items": {"type": "integer"}}}},
+            },
+        },
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import typing as t
 import zlib
 
@@ -83,7 +84,11 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # let the "begin" hook below emit BEGIN itself
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout = 30000")
-        cur.execute("PRAGMA journal_mode = WAL")
+        try:
+            # Persistent once set; two first-ever connections may race to set it: either wins.
+            cur.execute("PRAGMA journal_mode = WAL")
+        except Exception:  # pragma: no cover - timing-dependent
+            pass
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
@@ -118,6 +123,7 @@ class Store:
         self.table = table
         self.owns_table = owns_table
         self._checked = False
+        self._create_lock = threading.Lock()
         #: Our own SQLite engines emit BEGIN themselves (see _sqlite_setup); an app's engine does not.
         self._begin_hook = bool(getattr(engine, "_procman_begin_hook", False))
 
@@ -126,9 +132,21 @@ class Store:
         """Create the table when the extension owns it; otherwise say clearly that it is missing."""
         if self._checked:
             return
+        with self._create_lock:
+            if not self._checked:
+                self._check_table()
+
+    def _check_table(self) -> None:
         try:
             if self.owns_table:
-                self.table.create(self.engine, checkfirst=True)
+                # Take the write lock first, so that concurrent creators wait instead of failing.
+                conn = self.engine.connect()
+                if self.engine.dialect.name == "sqlite":
+                    conn = conn.execution_options(procman_begin="IMMEDIATE")
+                with conn, conn.begin():
+                    if self.engine.dialect.name == "postgresql":
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
+                    self.table.create(conn, checkfirst=True)
             elif not sa.inspect(self.engine).has_table(TABLE_NAME):
                 raise StoreUnavailable(
                     f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "

@@ -23,7 +23,7 @@ def manager_for(app: Flask | None = None) -> Manager:
         except RuntimeError:
             raise NotInitializedError(
                 "No Flask app context: use the manager inside a request, a CLI command or "
-                "'with app.app_context():', or pass the app to get_manager(app). Did you call init_app?"
+                "'with app.app_context():', or pass the app to get_manager(app); did you call init_app?"
             ) from None
     manager = app.extensions.get(EXTENSION_KEY)
     if manager is None:

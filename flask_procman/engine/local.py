@@ -169,16 +169,25 @@ class TreeKiller:
             pass
 
     def _signal_all(self, sig: int) -> None:
+        """Signal every process of the tree exactly once: a second SIGTERM can kill a child that
+        is already shutting down gracefully (Python restores default handlers as it exits)."""
         self._collect()
+        group: int | None = None
         if not IS_WINDOWS:
             try:
                 # The group id is the wrapper's pid (new session); only signal it while the leader
                 # is provably ours, so a reused pid's group is never hit.
                 if self.identity.process() is not None:
                     os.killpg(self.identity.pid, sig)
+                    group = self.identity.pid
             except (ProcessLookupError, PermissionError):
                 pass
         for proc in list(self.procs.values()):
+            try:
+                if group is not None and os.getpgid(proc.pid) == group:
+                    continue  # already reached through the group
+            except ProcessLookupError:
+                continue
             try:
                 proc.send_signal(sig)  # psutil checks pid + start time: never a reused pid
             except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -5,17 +5,27 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 import typing as t
 
-from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    render_template,
+    request,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import errors
 from .config import ConfigKeys, Settings
-from .engine.logfiles import decode_output, is_valid_process_id
+from .engine.logfiles import LogFiles, decode_output, is_valid_process_id
 from .facade import manager_for
-from .openapi import build_document
+from .openapi import MAX_OFFSET, build_document
 from .store import FINAL, STATUSES
 
 if t.TYPE_CHECKING:
@@ -28,6 +38,8 @@ bp = Blueprint("procman", __name__, template_folder="dashboard/templates", stati
 
 MAX_OUTPUT_LIMIT = 4 * 1024 * 1024
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+_INTEGER_RE = re.compile(r"-?[0-9]+")
+_LAST_EVENT_ID_RE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
 _SSE_CHUNK = 64 * 1024
 _OPEN_ENDPOINTS = {"procman.static", "procman.health", "procman.dashboard", "procman.unknown"}
 
@@ -42,6 +54,7 @@ class ApiError(HTTPException):
 
 
 def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The ``{"error": {"code", "message"}}`` answer every failure under the prefix gets."""
     response = current_app.response_class(
         json.dumps({"error": {"code": code, "message": message}}), status=status, mimetype="application/json"
     )
@@ -52,16 +65,19 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
 
 
 def _json(data: t.Any, status: int = 200) -> Response:
+    """A JSON answer that no cache keeps (statuses and output change all the time)."""
     response = current_app.response_class(json.dumps(data), status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 def _manager() -> Manager:
+    """The current app's manager."""
     return manager_for()
 
 
 def _settings() -> Settings:
+    """The current app's settings (read per request: several apps may share the blueprint)."""
     return _manager().settings
 
 
@@ -78,6 +94,7 @@ def request_has_valid_token() -> bool:
 
 @bp.before_request
 def _authorize() -> Response | None:
+    """Every endpoint but the open ones: CSRF rule, then the authorize callback or the token."""
     endpoint = request.endpoint or ""
     if endpoint in _OPEN_ENDPOINTS:
         return None
@@ -105,6 +122,8 @@ def _authorize() -> Response | None:
 
 
 def _action(name: str) -> t.Callable[[t.Callable[..., t.Any]], t.Callable[..., t.Any]]:
+    """Mark a view with the action the authorize callback is asked about."""
+
     def decorate(fn: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
         fn.procman_action = name  # type: ignore[attr-defined]
         return fn
@@ -134,27 +153,28 @@ def _unexpected(exc: Exception) -> Response:
     return _error_response(500, "internal_error", "Internal error (details are in the server log).")
 
 
-def _int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    """The integer query argument ``name`` (ASCII digits only), or a 400 naming its bounds."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"'{name}' must be an integer.") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ApiError(400, "bad_request", f"'{name}' must be {bound}.")
+    if len(raw) > 20 or not _INTEGER_RE.fullmatch(raw):
+        raise ApiError(400, "bad_request", f"'{name}' must be an integer.")
+    value = int(raw)
+    if value < minimum or value > maximum:
+        raise ApiError(400, "bad_request", f"'{name}' must be between {minimum} and {maximum}.")
     return value
 
 
 def _check_process_id(process_id: str) -> str:
+    """``process_id`` when it is a valid id, else a 400 (ids become file names)."""
     if not is_valid_process_id(process_id):
         raise ApiError(400, "invalid_process_id", "Process ids are 1-128 characters from A-Z a-z 0-9 . _ -.")
     return process_id
 
 
 def _status_json(status: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """A status dict with ISO 8601 timestamps."""
     return _manager().status_to_json(status)
 
 
@@ -164,8 +184,9 @@ def dashboard() -> str:
     """The dashboard page (it carries no data; every read goes through the API's access rules)."""
     return render_template(
         "procman/dashboard.html",
-        api_base=_settings().api_prefix.rstrip("/") + "/api",
-        needs_token=bool(current_app.config.get(ConfigKeys.API_TOKEN)) and _manager().extension.authorize_callback is None,
+        api_base=url_for("procman.list_processes").rsplit("/", 1)[0],  # honours SCRIPT_NAME
+        # An authorize callback may still accept the token (request_has_valid_token()): offer the form.
+        needs_token=bool(current_app.config.get(ConfigKeys.API_TOKEN)),
     )
 
 
@@ -179,11 +200,12 @@ def health() -> Response:
 @bp.get("/api/processes")
 @_action("read")
 def list_processes() -> Response:
-    status = request.args.get("status") or None
+    """A page of processes, newest first, with the total matching."""
+    status = request.args.get("status")
     if status is not None and status not in STATUSES:
         raise ApiError(400, "bad_request", f"'status' must be one of {', '.join(STATUSES)}.")
     limit = _int_arg("limit", 50, 1, 500)
-    offset = _int_arg("offset", 0, 0)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     processes, total = _manager().list_page(status, limit=limit, offset=offset)
     return _json({"processes": [_status_json(p) for p in processes], "total": total, "limit": limit, "offset": offset})
 
@@ -191,6 +213,7 @@ def list_processes() -> Response:
 @bp.get("/api/processes/<process_id>")
 @_action("read")
 def get_process(process_id: str) -> Response:
+    """The status dict of one process."""
     status = _manager().get_process_status(_check_process_id(process_id))
     if status is None:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
@@ -201,7 +224,7 @@ def _utf8_complete(data: bytes) -> int:
     """Length of ``data`` without a trailing incomplete UTF-8 sequence (so text never splits a character)."""
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
-        if byte < 0x80:
+        if byte < 0x80 or byte >= 0xF8:  # ASCII, or a byte that never starts a character
             return len(data)
         if byte >= 0xC0:
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
@@ -209,17 +232,34 @@ def _utf8_complete(data: bytes) -> int:
     return len(data)
 
 
+def _first_char_length(data: bytes) -> int:
+    """Bytes of the first UTF-8 character of ``data``: 1 for an invalid byte, 0 while it is incomplete."""
+    if not data:
+        return 0
+    lead = data[0]
+    need = 1 if lead < 0xC0 or lead >= 0xF8 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    for index in range(1, need):
+        if index >= len(data):
+            return 0
+        if not 0x80 <= data[index] < 0xC0:
+            return 1  # not a character: one byte, decoded as U+FFFD
+    return need
+
+
 def _text_chunk(data: bytes, final: bool) -> bytes:
-    """The part of ``data`` to decode now: all of it at the end, else up to the last whole character."""
+    """The part of ``data`` to decode now: all of it at the very end, else up to the last whole character.
+
+    Never splits a character: an incomplete one at the end waits for the next read.
+    """
     if final:
         return data
-    keep = _utf8_complete(data)
-    return data[:keep] if keep else data
+    return data[:_utf8_complete(data)]
 
 
 @bp.get("/api/processes/<process_id>/output")
 @_action("read")
 def read_output(process_id: str) -> Response:
+    """Output by byte offset: JSON text (whole characters only) or the raw bytes."""
     manager = _manager()
     process_id = _check_process_id(process_id)
     stream = request.args.get("stream", "stdout")
@@ -228,26 +268,45 @@ def read_output(process_id: str) -> Response:
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "raw"):
         raise ApiError(400, "bad_request", "'format' must be 'json' or 'raw'.")
-    offset = _int_arg("offset", 0, 0)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     limit = _int_arg("limit", DEFAULT_OUTPUT_LIMIT, 0, MAX_OUTPUT_LIMIT)
     row = manager.store.get(process_id)
     if row is None:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
-    data, next_offset = manager.read_output(process_id, stream, offset, limit)
-    size = offset + len(data)
-    ended = row["status"] in FINAL and len(data) < limit
+    final = row["status"] in FINAL  # read before the data: a final process writes nothing more
+    try:
+        data, next_offset = manager.read_output(process_id, stream, offset, limit)
+    except errors.ProcessNotFound:  # removed meanwhile
+        raise ApiError(404, "not_found", f"No process with id {process_id!r}.") from None
     if fmt == "raw":
         response = current_app.response_class(data, mimetype="application/octet-stream")
         response.headers["X-Next-Offset"] = str(next_offset)
         response.headers["Cache-Control"] = "no-store"
         return response
-    chunk = _text_chunk(data, final=ended or len(data) < 4 and len(data) == limit)
+    at_end = final and next_offset >= LogFiles(manager.settings.log_dir, process_id).size(stream)
+    chunk = _text_chunk(data, final=at_end)
+    if not chunk and data and len(data) == limit:
+        # The limit is smaller than the character at ``offset``: send that one whole character.
+        wider, _ = manager.read_output(process_id, stream, offset, 4)
+        length = _first_char_length(wider)
+        chunk = wider[:length] if length else (wider if final else b"")
     return _json({"data": decode_output(chunk), "offset": offset, "next_offset": offset + len(chunk),
-                  "ended": ended and offset + len(chunk) == size})
+                  "ended": at_end and len(chunk) >= len(data)})
 
 
 def _sse(event: str, data: t.Any, offsets: t.Sequence[int]) -> str:
+    """One Server-Sent Event whose id is ``<stdout offset>:<stderr offset>`` after it."""
     return f"id: {offsets[0]}:{offsets[1]}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _event_id_offsets(value: str | None, name: str) -> list[int] | None:
+    """The ``[stdout, stderr]`` offsets of an event id (None when absent or empty), or a 400."""
+    if not value:
+        return None
+    match = _LAST_EVENT_ID_RE.fullmatch(value)
+    if match is None:  # ASCII digits only: str.isdigit() would let '²' through to int()
+        raise ApiError(400, "bad_request", f"{name} must be '<stdout offset>:<stderr offset>'.")
+    return [int(match.group(1)), int(match.group(2))]
 
 
 @bp.get("/api/processes/<process_id>/events")
@@ -256,18 +315,15 @@ def events(process_id: str) -> Response:
     """Server-Sent Events read from the log files, so any worker can serve any process."""
     manager = _manager()
     process_id = _check_process_id(process_id)
-    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    offsets = [0, 0]
-    if last:
-        parts = last.split(":")
-        if len(parts) != 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
-            raise ApiError(400, "bad_request", "Last-Event-ID must be '<stdout offset>:<stderr offset>'.")
-        offsets = [int(parts[0]), int(parts[1])]
+    header = _event_id_offsets(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    query = _event_id_offsets(request.args.get("last_event_id"), "last_event_id")
+    offsets = header or query or [0, 0]  # the header wins; none (or an empty one) means from the start
     if manager.store.get(process_id) is None:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
     poll = min(0.25, manager.settings.poll_interval)
 
     def stream() -> t.Iterator[str]:
+        """Poll the record and the log files until the process has ended and everything is sent."""
         yield "retry: 2000\n\n"
         last_status: tuple[t.Any, ...] | None = None
         last_beat = time.monotonic()
@@ -280,8 +336,11 @@ def events(process_id: str) -> Response:
             sent = False
             for index, name in enumerate(("stdout", "stderr")):
                 while True:
-                    data, _ = manager.read_output(process_id, name, offsets[index], _SSE_CHUNK)
-                    chunk = _text_chunk(data, final=final)
+                    try:
+                        data, _ = manager.read_output(process_id, name, offsets[index], _SSE_CHUNK)
+                    except errors.ProcessNotFound:  # removed meanwhile: the next round says so
+                        break
+                    chunk = _text_chunk(data, final=final and len(data) < _SSE_CHUNK)
                     if not chunk:
                         break
                     start = offsets[index]
@@ -319,6 +378,7 @@ def events(process_id: str) -> Response:
 @bp.post("/api/processes/<process_id>/stop")
 @_action("stop")
 def stop_process(process_id: str) -> Response:
+    """Stop a running or queued process (409 once it has ended)."""
     manager = _manager()
     process_id = _check_process_id(process_id)
     row = manager.store.get(process_id)
@@ -333,6 +393,7 @@ def stop_process(process_id: str) -> Response:
 @bp.delete("/api/processes/<process_id>")
 @_action("delete")
 def delete_process(process_id: str) -> Response:
+    """Delete a finished process and its logs (409 while it runs)."""
     manager = _manager()
     process_id = _check_process_id(process_id)
     try:
@@ -347,22 +408,22 @@ def delete_process(process_id: str) -> Response:
 @bp.get("/api/programs")
 @_action("read")
 def list_programs() -> Response:
+    """The declared programs (without env values)."""
     programs = _manager().programs()
     return _json({"programs": [p.describe() for p in programs.values()]})
 
 
 def _start_body() -> dict[str, t.Any]:
+    """The validated start body; every wrong type is a 400 (``null`` only means "absent" for process_id)."""
     limit = _settings().api_max_body
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
     raw = request.get_data(cache=True)
     if len(raw) > limit:
         raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
-    if not raw.strip():
-        return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw) if raw.strip() else {}  # no body: every field takes its default
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "bad_json", "The body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "The body must be a JSON object.")
@@ -371,10 +432,10 @@ def _start_body() -> dict[str, t.Any]:
         raise ApiError(400, "bad_request", f"Unknown fields {sorted(unknown)}.")
     if "process_id" in body and body["process_id"] is not None and not is_valid_process_id(body["process_id"]):
         raise ApiError(400, "invalid_process_id", "Process ids are 1-128 characters from A-Z a-z 0-9 . _ -.")
-    args = body.get("args") or []
+    args = body.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise ApiError(400, "bad_request", "'args' must be a list of strings.")
-    env = body.get("env") or {}
+    env = body.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ApiError(400, "bad_request", "'env' must be an object of strings.")
     queue = body.get("queue", False)
@@ -386,6 +447,7 @@ def _start_body() -> dict[str, t.Any]:
 @bp.post("/api/programs/<name>/start")
 @_action("start")
 def start_program(name: str) -> Response:
+    """Start a declared program: 201 started, 202 queued, 429 when the cap is reached."""
     manager = _manager()
     if name not in manager.programs():
         raise ApiError(404, "unknown_program", f"No program named {name!r} is declared.")
@@ -411,20 +473,23 @@ def start_program(name: str) -> Response:
 @bp.get("/api/stats")
 @_action("read")
 def stats() -> Response:
+    """Counts of processes by status."""
     return _json(_manager().stats())
 
 
 @bp.get("/api/openapi.json")
 @_action("read")
 def openapi() -> Response:
-    return _json(build_document(_settings().api_prefix))
+    """The OpenAPI 3.1 document of this API."""
+    return _json(build_document(_settings().api_prefix, list(_manager().programs())))
 
 
-@bp.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 def unknown(path: str) -> Response:
-    """Every other URL under the prefix: a JSON 404 (or 405 when another method would match)."""
-    adapter = current_app.url_map.bind("localhost")
+    """Every other URL (or method) under the prefix: a JSON 404, or 405 when another method would match."""
+    adapter = current_app.create_url_adapter(request)
     allowed = []
+    if adapter is None:  # pragma: no cover - a request always has an adapter
+        raise NotFound()
     for method in ("GET", "POST", "DELETE"):
         try:
             endpoint, _ = adapter.match(request.path, method=method)
@@ -435,6 +500,20 @@ def unknown(path: str) -> Response:
     if allowed:
         raise MethodNotAllowed(valid_methods=allowed)
     raise NotFound(f"No such URL under the procman prefix: /{path}")
+
+
+@bp.record
+def _route_unknown(state: BlueprintSetupState) -> None:
+    """Route every other URL under the prefix, with *any* method, to :func:`unknown`.
+
+    A Flask route lists its methods, and a method outside the list (TRACE, PROPFIND, ...) would get
+    werkzeug's HTML 405 from the routing, before any blueprint handler runs; a werkzeug rule
+    without ``methods`` matches every method.
+    """
+    endpoint = f"{state.name_prefix}.{state.name}.unknown".lstrip(".")
+    prefix = (state.url_prefix or "").rstrip("/")
+    state.app.view_functions[endpoint] = unknown
+    state.app.url_map.add(state.app.url_rule_class(f"{prefix}/<path:path>", endpoint=endpoint))
 
 
 def register_blueprint(app: Flask, settings: Settings) -> None:

@@ -173,7 +173,7 @@ class Manager:
             if self._pid == os.getpid() and self._watcher is not None:
                 return
             pid = os.getpid()
-            self._cli_mode = click.get_current_context(silent=True) is not None
+            self._cli_mode = _in_cli_command()
             self._owner = f"{self.host}|{pid}|{process_start_time(pid):.6f}|{uuid.uuid4().hex[:8]}"
             os.makedirs(self.settings.log_dir, mode=0o700, exist_ok=True)
             self._pool = concurrent.futures.ThreadPoolExecutor(_CALLBACK_THREADS, thread_name_prefix="procman-callback")
@@ -345,7 +345,7 @@ class Manager:
 
     def _ensure_started_for_reads(self) -> None:
         # A web worker that only reads must still adopt what a dead worker left; the CLI must not.
-        if click.get_current_context(silent=True) is None:
+        if not _in_cli_command():
             self._ensure_engine()
         else:
             self._check_fork()
@@ -411,7 +411,7 @@ class Manager:
             if unknown:
                 raise errors.InvalidCommand(f"unknown status {unknown}; statuses are {list(ACTIVE + FINAL)}.")
         self._ensure_started_for_reads()
-        rows, total = self.store.list(status, limit=limit, offset=offset)
+        rows, total = self.store.page(status, limit=limit, offset=offset)
         return [self.to_status(r, with_output=with_output) for r in rows], total
 
     def stats(self) -> dict[str, t.Any]:
@@ -539,7 +539,7 @@ class Manager:
         """Stop every queued and running process of the app; returns the ids stopped."""
         grace = self.settings.stop_timeout if timeout is None else float(timeout)
         self._ensure_started_for_reads()
-        rows, _ = self.store.list(list(ACTIVE))
+        rows, _ = self.store.page(list(ACTIVE))
         stopped = [r["id"] for r in rows if r["status"] == "queued" and self._stop_queued(r["id"])]
         running = [r["id"] for r in rows if r["id"] not in stopped]
         return stopped + self._stop_running(running, grace)
@@ -757,6 +757,16 @@ class Manager:
         ok = self.start_process(process_id, argv, program.cwd, overrides, timeout=program.timeout, queue=queue,
                                 metadata=metadata, handler=handler, program=name)
         return process_id, ok
+
+
+def _in_cli_command() -> bool:
+    """True inside a ``flask`` CLI command other than ``flask run`` (whose requests are a server's)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    from flask.cli import run_command
+
+    return ctx.command is not run_command
 
 
 def _owner_alive(owner: str) -> bool:

@@ -8,38 +8,52 @@ from .engine.logfiles import PROCESS_ID_RE
 from .store import STATUSES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+#: Largest byte or list offset the API accepts: a JSON-safe integer (larger ones overflow seek() and SQL).
+MAX_OFFSET = 2**53 - 1
 
 
 def _error_responses(*codes: int) -> dict[str, t.Any]:
-    text = {400: "Bad input", 401: "Authentication needed", 403: "Forbidden", 404: "Not found",
-            409: "Conflict with the process's state", 413: "Body too large", 429: "Concurrency cap reached"}
+    """The ``{"error": {"code", "message"}}`` responses of ``codes``."""
+    text = {400: "Bad input", 401: "Authentication needed", 403: "Forbidden (or a state change without an "
+            "Authorization or X-Requested-With header)", 404: "Not found",
+            409: "Conflict with the process's state", 413: "Body too large", 429: "Concurrency cap reached",
+            503: "The process database is unavailable"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
 def _json(schema: dict[str, t.Any], description: str = "OK") -> dict[str, t.Any]:
+    """A JSON response of ``schema``."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def build_document(prefix: str) -> dict[str, t.Any]:
-    """The document for an API mounted at ``prefix`` (e.g. ``/procman``)."""
+def _event(*names: str, content: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Server-Sent Events named ``names`` carry JSON of schema ``content`` in their data."""
+    return {"if": {"properties": {"event": {"enum": list(names)}}},
+            "then": {"properties": {"data": {"contentMediaType": "application/json", "contentSchema": content}}}}
+
+
+def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.Any]:
+    """The document for an API mounted at ``prefix`` (e.g. ``/procman``) whose app declares ``programs``."""
     pid = {"name": "process_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": f"^{PROCESS_ID_RE.pattern}$"}}
-    auth_errors = (401, 403)
+    auth_errors = (401, 403, 503)  # 503 too: every answer past the access check may need the database
     status_ref = {"$ref": "#/components/schemas/Process"}
     nullable_time = {"type": ["string", "null"], "format": "date-time"}
     paths: dict[str, t.Any] = {
         "/api/health": {"get": {
             "summary": "Liveness and counts (open, reveals counts only)", "operationId": "health", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status", "running", "queued"],
+                                        "additionalProperties": False,
                                         "properties": {"status": {"const": "ok"}, "running": {"type": "integer"},
-                                                       "queued": {"type": "integer"}}})},
+                                                       "queued": {"type": "integer"}}}),
+                          **_error_responses(503)},
         }},
         "/api/processes": {"get": {
             "summary": "List processes, newest first", "operationId": "listProcesses",
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
             ],
             "responses": {"200": _json({"type": "object", "required": ["processes", "total", "limit", "offset"],
                                         "properties": {"processes": {"type": "array", "items": status_ref},
@@ -60,12 +74,19 @@ def build_document(prefix: str) -> dict[str, t.Any]:
             "parameters": [
                 pid,
                 {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 4194304}},
+                {"name": "offset", "in": "query", "description": "Byte offset to read from",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
+                {"name": "limit", "in": "query", "description": "Bytes to read at most (JSON text may carry up "
+                 "to 3 more, to send one whole character when the limit is smaller than it)",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 4194304}},
                 {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "raw"]}},
             ],
             "responses": {
-                "200": {"description": "A chunk of output", "content": {
+                "200": {"description": "A chunk of output: JSON text (invalid UTF-8 replaced, never a split "
+                                       "character) or, with format=raw, the bytes",
+                        "headers": {"X-Next-Offset": {"description": "format=raw: the offset to read next",
+                                                      "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+                        "content": {
                     "application/json": {"schema": {
                         "type": "object", "required": ["data", "offset", "next_offset", "ended"],
                         "properties": {"data": {"type": "string"}, "offset": {"type": "integer"},
@@ -79,9 +100,15 @@ def build_document(prefix: str) -> dict[str, t.Any]:
             "summary": "Server-Sent Events: stdout, stderr, status, end; id is '<stdout>:<stderr>' offsets",
             "operationId": "processEvents",
             "parameters": [pid, {"name": "Last-Event-ID", "in": "header", "required": False,
-                                 "schema": {"type": "string", "pattern": "^[0-9]{1,18}:[0-9]{1,18}$"}}],
-            "responses": {"200": {"description": "An event stream",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                 "description": "Resume both streams after this event id (empty: from the start)",
+                                 "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}},
+                           {"name": "last_event_id", "in": "query", "required": False,
+                            "description": "The same, for clients that cannot set headers (the header wins)",
+                            "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}}],
+            "responses": {"200": {"description": "An event stream; the schema describes each event (as in "
+                                                 "OpenAPI 3.2's itemSchema): stdout and stderr chunks, status on "
+                                                 "change, one final end (status 'removed' if the record went away)",
+                                  "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Event"}}}},
                           **_error_responses(400, *auth_errors, 404)},
         }},
         "/api/processes/{process_id}/stop": {"post": {
@@ -99,17 +126,22 @@ def build_document(prefix: str) -> dict[str, t.Any]:
         }},
         "/api/programs/{name}/start": {"post": {
             "summary": "Start a declared program", "operationId": "startProgram",
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "description": "A declared program (any other name is a 404)",
+                            "schema": {"type": "string", "enum": sorted(programs)} if programs else {"type": "string"}}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False, "properties": {
-                    "process_id": {"type": "string", "pattern": f"^{PROCESS_ID_RE.pattern}$"},
+                    "process_id": {"type": ["string", "null"], "pattern": f"^{PROCESS_ID_RE.pattern}$",
+                                   "description": "Default (or null): '<name>-<random>'"},
                     "args": {"type": "array", "items": {"type": "string"}},
                     "env": {"type": "object", "additionalProperties": {"type": "string"}},
                     "queue": {"type": "boolean"}}}}}},
             "responses": {
-                "201": {**_json({"type": "object", "properties": {"process": status_ref}}, "Started"),
+                "201": {**_json({"type": "object", "required": ["process"], "properties": {"process": status_ref}},
+                                "Started"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
-                "202": {**_json({"type": "object", "properties": {"process": status_ref}}, "Queued"),
+                "202": {**_json({"type": "object", "required": ["process"], "properties": {"process": status_ref}},
+                                "Queued"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
                 **_error_responses(400, *auth_errors, 404, 409, 413, 429),
             },
@@ -125,7 +157,8 @@ def build_document(prefix: str) -> dict[str, t.Any]:
         }},
         "/api/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",
-            "responses": {"200": _json({"type": "object"}), **_error_responses(*auth_errors)},
+            "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]}),
+                          **_error_responses(401, 403)},
         }},
     }
     return {
@@ -141,6 +174,22 @@ def build_document(prefix: str) -> dict[str, t.Any]:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "OutputChunk": {"type": "object", "required": ["data", "offset", "next_offset"],
+                                "additionalProperties": False, "properties": {
+                                    "data": {"type": "string"}, "offset": {"type": "integer"},
+                                    "next_offset": {"type": "integer"}}},
+                "Event": {
+                    "type": "object", "required": ["event", "id", "data"],
+                    "properties": {"event": {"enum": ["stdout", "stderr", "status", "end"]},
+                                   "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                                   "data": {"type": "string"}, "retry": {"type": "integer"}},
+                    "allOf": [
+                        _event("stdout", "stderr", content={"$ref": "#/components/schemas/OutputChunk"}),
+                        _event("status", content=status_ref),
+                        _event("end", content={"anyOf": [status_ref, {
+                            "type": "object", "required": ["id", "status"], "additionalProperties": False,
+                            "properties": {"id": {"type": "string"}, "status": {"const": "removed"}}}]}),
+                    ]},
                 "Program": {"type": "object", "required": ["name", "cmd"], "properties": {
                     "name": {"type": "string"}, "cmd": {"type": "array", "items": {"type": "string"}},
                     "cwd": {"type": ["string", "null"]}, "timeout": {"type": ["number", "null"]},

@@ -191,7 +191,7 @@ class Store:
             row = conn.execute(sa.select(self.table).where(self.table.c.id == process_id)).mappings().first()
         return dict(row) if row else None
 
-    def list(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
+    def page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
              offset: int = 0) -> tuple[list[dict[str, t.Any]], int]:
         """Records newest first, and the total count matching ``status``."""
         table = self.table
@@ -253,7 +253,7 @@ class Store:
             existing = conn.execute(sa.select(table.c.status).where(table.c.id == record["id"])).scalar()
             if existing is not None and existing in ACTIVE:
                 raise KeyError(record["id"])
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(
                     sa.select(table.c.status, sa.func.count())
                     .where(table.c.status.in_(ACTIVE)).group_by(table.c.status)

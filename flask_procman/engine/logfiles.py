@@ -95,6 +95,8 @@ class LogFiles:
         """Up to ``limit`` bytes from ``offset``; returns (data, next_offset). Never destructive."""
         try:
             with open(self.path(stream), "rb") as f:
+                if offset >= os.fstat(f.fileno()).st_size:  # nothing there; seek() past the fs limit is EINVAL
+                    return b"", offset
                 f.seek(offset)
                 data = f.read(limit)
         except FileNotFoundError:

@@ -18,7 +18,8 @@ log = logging.getLogger("flask_procman")
 class WatcherClient(t.Protocol):
     """What the watcher asks of its manager."""
 
-    def record_end(self, process_id: str, return_code: int | None, *, killed: bool, survivors: list[int]) -> None:
+    def record_end(self, process_id: str, return_code: int | None, *, killed: bool = False,
+                   survivors: list[int] | None = None, inline: bool = False) -> bool:
         """Record that a watched process has ended (raises on database errors; retried later)."""
 
     def request_timeout_stop(self, process_id: str) -> None:

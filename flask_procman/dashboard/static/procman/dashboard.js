@@ -365,7 +365,8 @@
       const q = qs.toString();
       if (q) url += "?" + q;
     }
-    const headers = { Accept: "application/json" };
+    // X-Requested-With: the API refuses cookie-only state changes (cross-site request protection).
+    const headers = { Accept: "application/json", "X-Requested-With": "procman-dashboard" };
     if (o.json !== undefined) headers["Content-Type"] = "application/json";
     const token = getToken();
     if (token) headers.Authorization = "Bearer " + token;
@@ -465,7 +466,7 @@
   // ------------------------------------------------------------------ auth
 
   function authFailed(error) {
-    const hint = NEEDS_TOKEN ? "" : " Log in to the application, then reload this page.";
+    const hint = !NEEDS_TOKEN && error.status === 401 ? " Log in to the application, then reload this page." : "";
     showBanner(error.message + hint, "auth");
     if (!NEEDS_TOKEN) return;
     showTokenForm(true);
@@ -474,7 +475,16 @@
       clearTimeout(state.timer);
       closeStream();
       updateLiveIndicator();
+      showLockedList();
     }
+  }
+
+  function showLockedList() {
+    if (state.rows.size) return; // keep what was shown before
+    el.listLoading.hidden = true;
+    el.listEmpty.hidden = false;
+    setText(el.listEmptyTitle, "Locked");
+    setText(el.listEmptyHint, "Enter the API token above to see the processes.");
   }
 
   function showTokenForm(focus) {
@@ -505,8 +515,12 @@
       state.authBlocked = false;
       clearBanner("auth");
       updateLiveIndicator();
+      if (!state.rows.size) {
+        el.listEmpty.hidden = true;
+        el.listLoading.hidden = false;
+      }
       refresh();
-      loadPrograms(true);
+      loadPrograms(true).catch(() => {});
       if (state.pendingId) {
         const id = state.pendingId;
         state.pendingId = null;
@@ -527,6 +541,7 @@
     if (!getToken()) {
       state.authBlocked = true;
       showTokenForm(true);
+      showLockedList();
     }
   }
 
@@ -602,12 +617,16 @@
       clearBanner("network");
       clearBanner("refresh");
       if (!state.authBlocked) clearBanner("auth");
-      el.refreshToggle.classList.remove("is-error");
+      if (el.refreshToggle.classList.contains("is-error")) {
+        el.refreshToggle.classList.remove("is-error");
+        updateLiveIndicator();
+      }
       setText(el.lastUpdated, `Updated ${fmtTime.format(new Date())}`);
     } catch (err) {
       if (err instanceof ApiError && err.status === 0) {
         showBanner("Cannot reach the server. Retrying every few seconds…", "network", "warning");
         el.refreshToggle.classList.add("is-error");
+        setText(el.refreshLabel, "Offline");
       } else {
         reportError(err, "refresh");
       }
@@ -864,6 +883,9 @@
     for (const node of document.querySelectorAll("[data-since]")) {
       setText(node, liveDuration(node.dataset.since));
     }
+    for (const node of document.querySelectorAll("[data-rel]")) {
+      setText(node, relative(node.dataset.rel));
+    }
   }
 
   // ------------------------------------------------------------- log views
@@ -983,6 +1005,7 @@
     for (const v of Object.values(views)) v.enforceCap();
     updateLogEmpty();
     updateLogNote();
+    updateSizes();
     if (state.follow) scrollLogToEnd();
   }
 
@@ -1016,9 +1039,7 @@
     if (tab === "combined") {
       const earlier = logs.stdout.start > 0 || logs.stderr.start > 0 || view.dropped > 0;
       el.logNote.hidden = !earlier && !(state.detail && !state.detail.merge_stderr);
-      setText(el.logNoteText, earlier
-        ? "Output from before this panel opened is shown stream by stream; later output is interleaved as it arrives. Earlier output is in the stdout and stderr tabs."
-        : "Output from before this panel opened is shown stream by stream; later output is interleaved as it arrives.");
+      setText(el.logNoteText, "Output read when this panel opened is grouped by stream; newer output is interleaved as it arrives.");
       el.loadEarlier.hidden = true;
       return;
     }
@@ -1034,7 +1055,8 @@
     if (dropped) {
       setText(el.logNoteText, `Only the last ${fmtBytes(LOG_CAP)} of output are kept on this page. The complete output is available from ${path}, or with Download.`);
     } else {
-      setText(el.logNoteText, `Showing the output from byte ${fmtCount(hiddenBytes)} of ${fmtCount(streamSize(tab))}. Earlier output is available from ${path}.`);
+      const size = streamSize(tab);
+      setText(el.logNoteText, `Showing the last ${fmtBytes(size - hiddenBytes)} of ${fmtBytes(size)}. Earlier output is available from ${path}.`);
     }
     el.loadEarlier.hidden = dropped || hiddenBytes <= 0 || view.chars >= LOG_CAP;
   }
@@ -1247,13 +1269,25 @@
     }
     for (const key of ["created_at", "started_at", "finished_at"]) {
       const v = p[key];
-      setField(key, v ? `${shortDate(v)} · ${relative(v)}` : "—", { muted: !v, title: v ? `${fullDate(v)}\n${v}` : "" });
+      const node = fieldNode(key);
+      if (node.dataset.value === (v || "")) continue;
+      node.dataset.value = v || "";
+      setField(key, v ? shortDate(v) : "—", { muted: !v, title: v ? `${fullDate(v)}\n${v}` : "" });
+      if (v) {
+        const rel = make("span", "rel", relative(v));
+        rel.dataset.rel = v;
+        node.appendChild(rel);
+      }
     }
     setField("handler", p.handler || "—", { muted: !p.handler });
-    const sizes = p.merge_stderr
-      ? `${fmtBytes(p.stdout_size)} (stderr merged into stdout)`
-      : `stdout ${fmtBytes(p.stdout_size)} · stderr ${fmtBytes(p.stderr_size)}`;
-    setField("output_sizes", sizes);
+    const timeoutNode = fieldNode("timeout");
+    if (timeoutNode) timeoutNode.parentElement.hidden = !("timeout" in p);
+    setField("timeout", p.timeout ? fmtDuration(p.timeout) : "none", { muted: !p.timeout });
+    const survivors = Array.isArray(p.survivors) ? p.survivors : [];
+    if ($("detail-survivors")) {
+      $("detail-survivors").hidden = survivors.length === 0;
+      setText($("detail-survivors-text"), survivors.length ? `pid ${survivors.join(", ")}` : "");
+    }
     renderEnvKeys(fieldNode("env_keys"), p.env_keys);
     setField("cwd", p.cwd || "—", { muted: !p.cwd });
 
@@ -1268,11 +1302,21 @@
     setText(el.tabStdoutLabel, merged ? "output" : "stdout");
     $("tab-stdout").title = merged ? "stdout and stderr, merged" : "";
     if (merged && state.tab !== "stdout") selectTab("stdout");
+    updateSizes();
+    updateLogEmpty();
+  }
+
+  function updateSizes() {
+    const p = state.detail;
+    if (!p) return;
     for (const node of document.querySelectorAll(".tab-size[data-size]")) {
-      const size = p[`${node.dataset.size}_size`];
+      const size = streamSize(node.dataset.size);
       setText(node, size ? fmtBytes(size) : "");
     }
-    updateLogEmpty();
+    const sizes = p.merge_stderr
+      ? `${fmtBytes(streamSize("stdout"))} (stderr merged into stdout)`
+      : `stdout ${fmtBytes(streamSize("stdout"))} · stderr ${fmtBytes(streamSize("stderr"))}`;
+    setField("output_sizes", sizes);
   }
 
   function mergeDetail(p) {
@@ -1332,6 +1376,7 @@
       state.follow = true;
       state.followOffByScroll = false;
       el.autoscroll.checked = true;
+      selectTab("stdout");
       setText(el.detailId, id);
       setText(el.detailStatus, "");
       el.detailStatus.dataset.status = "";
@@ -1348,7 +1393,15 @@
     } catch (err) {
       if (seq !== state.detailSeq) return;
       el.detailLoading.hidden = true;
-      if (err instanceof ApiError && err.status === 404) {
+      if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
+        // Open it again once a token is given.
+        state.pendingId = id;
+        state.selectedId = null;
+        state.detail = null;
+        el.detail.hidden = true;
+        el.layout.classList.remove("has-detail");
+        markSelectedRow();
+      } else if (err instanceof ApiError && err.status === 404) {
         el.detailMissing.hidden = false;
         el.stopButton.hidden = true;
         el.deleteButton.hidden = true;
@@ -1379,10 +1432,20 @@
         try {
           const r = await api(`/processes/${enc(id)}/output`, { query: { stream, offset: start, limit: Math.max(size - start, INITIAL_TAIL) } });
           if (seq !== state.detailSeq) return;
-          const from = r.offset != null ? r.offset : start;
+          let from = r.offset != null ? r.offset : start;
+          const next = r.next_offset != null ? r.next_offset : from;
+          let text = r.data || "";
+          if (from > 0) {
+            // A tail read starts mid-line (maybe mid-character): show it from the next whole line.
+            const newline = text.indexOf("\n");
+            if (newline !== -1 && newline < 8192) {
+              text = text.slice(newline + 1);
+              from = next - encoder.encode(text).length;
+            }
+          }
           logs[stream].start = from;
           logs[stream].next = from;
-          addOutput(stream, r.data || "", from, r.next_offset != null ? r.next_offset : from);
+          addOutput(stream, text, from, next);
           if (!r.ended) complete = false;
         } catch (err) {
           if (seq !== state.detailSeq) return;
@@ -1431,6 +1494,14 @@
           addOutput(type, data.data || "", data.offset, data.next_offset);
         } else if (type === "status" && data && typeof data === "object") {
           mergeDetail(data);
+        } else if (type === "end" && data && data.status === "removed") {
+          // The record was deleted while we watched.
+          flushLogs();
+          el.detailMissing.hidden = false;
+          el.stopButton.hidden = true;
+          el.deleteButton.hidden = true;
+          setStreamState("ended", "Removed", "The process record was deleted.");
+          setTimeout(refresh, 0);
         } else if (type === "end") {
           if (data && typeof data === "object") mergeDetail(data);
           flushLogs();

@@ -1,0 +1,93 @@
+"""A small app that tests run as separate OS processes (workers) sharing one database and log folder.
+
+Configured from the environment: WORKER_INSTANCE, WORKER_DB, WORKER_LOGS, WORKER_CAP, WORKER_STOP_ON_EXIT,
+WORKER_TOKEN, WORKER_HANDLER_LOG (a file the durable handler appends ``id rc`` lines to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import typing as t
+
+from flask import Flask, Response, current_app
+
+from flask_procman import ProcMan
+
+procman = ProcMan()
+
+
+@procman.on_complete("record")
+def record(process_id: str, return_code: int | None) -> None:
+    """Append one line per run, so tests can count how often it ran."""
+    path = current_app.config.get("WORKER_HANDLER_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{process_id} {return_code} {os.getpid()}\n")
+
+
+def create_app() -> Flask:
+    """The worker app."""
+    app = Flask("workerapp", instance_path=os.environ["WORKER_INSTANCE"])
+    app.config.update(
+        PROCMAN_DATABASE_URI=os.environ.get("WORKER_DB") or None,
+        PROCMAN_LOG_DIR=os.environ["WORKER_LOGS"],
+        PROCMAN_MAX_PROCESSES=int(os.environ.get("WORKER_CAP", "5")),
+        PROCMAN_STOP_ON_EXIT=os.environ.get("WORKER_STOP_ON_EXIT", "1") == "1",
+        PROCMAN_POLL_INTERVAL=0.1,
+        PROCMAN_STOP_TIMEOUT=2.0,
+        PROCMAN_API_TOKEN=os.environ.get("WORKER_TOKEN") or None,
+        WORKER_HANDLER_LOG=os.environ.get("WORKER_HANDLER_LOG"),
+        PROCMAN_PROGRAMS={"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}},
+    )
+    procman.init_app(app)
+
+    @app.after_request
+    def worker_pid(response: Response) -> Response:
+        response.headers["X-Worker-Pid"] = str(os.getpid())
+        return response
+
+    return app
+
+
+def main(argv: list[str]) -> None:
+    """``burst N PREFIX SECONDS [queue]`` | ``start ID SECONDS...`` | ``serve``: see the tests."""
+    app = create_app()
+    command = argv[0]
+    with app.app_context():
+        if command == "burst":
+            count, prefix, seconds = int(argv[1]), argv[2], float(argv[3])
+            queue = len(argv) > 4 and argv[4] == "queue"
+            go = os.environ.get("WORKER_GO")
+            while go and not os.path.exists(go):  # a barrier: every worker starts at once
+                time.sleep(0.005)
+            cmd = [sys.executable, "-c", f"import time; time.sleep({seconds})", "procman-burst-marker"]
+            answers = {f"{prefix}-{i}": procman.start_process(f"{prefix}-{i}", cmd, queue=queue) for i in range(count)}
+            for process_id, ok in answers.items():
+                if ok:
+                    procman.wait(process_id, timeout=120)
+            print(json.dumps(answers), flush=True)
+        elif command == "start":
+            # start ID SECONDS: a child that writes a known pattern then exits with code len(ID) % 7.
+            for spec in argv[1:]:
+                process_id, seconds = spec.split(":")
+                code = (
+                    "import sys, time\n"
+                    f"for i in range(30):\n    sys.stdout.write('{process_id} line %d\\n' % i); sys.stdout.flush(); "
+                    f"time.sleep({float(seconds)} / 30)\n"
+                    f"sys.stderr.write('bye\\n'); sys.exit({len(process_id) % 7})"
+                )
+                if not procman.start_process(process_id, [sys.executable, "-c", code], handler="record"):
+                    raise SystemExit(f"cap reached for {process_id}")
+            print("started", flush=True)
+            sys.stdin.read()  # stay until the test closes stdin (or kills us)
+        elif command == "serve":
+            procman.stats()  # start the engine: it adopts and records what others left
+            print("serving", flush=True)
+            sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

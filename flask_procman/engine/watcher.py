@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import selectors
+import signal
 import threading
 import time
 import typing as t
@@ -13,6 +14,17 @@ import typing as t
 from .local import Identity, TreeKiller, open_pidfd, reap
 
 log = logging.getLogger("flask_procman")
+
+
+def _group_exists(pgid: int) -> bool:
+    """True while any process (zombies included) is in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class WatcherClient(t.Protocol):
@@ -65,6 +77,8 @@ class Watcher:
         self._incoming: list[Watched] = []
         self._watched: dict[str, Watched] = {}
         self._pending_ends: list[tuple[Watched, int | None]] = []
+        #: Process groups whose leader ended with members left behind: [pgid, kill_at, killed].
+        self._leftovers: list[list[t.Any]] = []
         self._stopping = False
         self._tick_now = True
         self._selector = selectors.DefaultSelector()
@@ -198,6 +212,8 @@ class Watcher:
                     timeout = min(timeout, 0.05)
             if self._pending_ends:
                 timeout = min(timeout, 0.5)
+            if self._leftovers:
+                timeout = min(timeout, 0.1)
         return timeout
 
     def _take_incoming(self) -> None:
@@ -280,6 +296,7 @@ class Watcher:
     def _finish(self, watched: Watched, code: int | None) -> None:
         watched.ended = True
         self._close_pidfd(watched)
+        self._reap_group(watched)
         if code is None and watched.killed:
             code = -9  # killed by our SIGKILL: the wrapper had no chance to write a status
         if watched.killer is not None and watched.killer.survivors():
@@ -319,8 +336,43 @@ class Watcher:
         watched.killer.terminate()
         watched.kill_at = time.monotonic() + self._stop_timeout
 
+    def _reap_group(self, watched: Watched) -> None:
+        """The root has ended: whatever is left in its process group (background children it did
+        not wait for) is stopped too, SIGTERM then SIGKILL, so that no job leaves processes behind.
+        The group id cannot be reused while any member lives, so this never hits a stranger.
+        Only for our own children, whose end is noticed at once (an adopted root may have been
+        gone for a while)."""
+        if not watched.is_child or not hasattr(os, "killpg"):
+            return
+        pgid = watched.identity.pid
+        if not _group_exists(pgid):
+            return
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return
+        with self._lock:
+            self._leftovers.append([pgid, time.monotonic() + self._stop_timeout, False])
+
+    def _kill_leftovers(self, now: float) -> None:
+        for entry in list(self._leftovers):
+            pgid, kill_at, killed = entry
+            if not _group_exists(pgid):
+                self._leftovers.remove(entry)
+            elif now >= kill_at and not killed:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                entry[2] = True
+            elif killed and now >= kill_at + 5.0:
+                log.warning("procman: processes of group %s survived SIGKILL", pgid)
+                self._leftovers.remove(entry)
+
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
+        if self._leftovers:
+            self._kill_leftovers(now)
         with self._lock:
             items = list(self._watched.values())
         for watched in items:

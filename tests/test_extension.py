@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 import os
 import threading
 import typing as t
@@ -154,3 +155,13 @@ def test_seed_example_runs_unchanged(make_app: AppFactory, tmp_path: t.Any) -> N
         assert not process_manager.stop_process(process_id)
     wait_until(lambda: completed, message="callback")
     assert completed == [("unique_process_id", -15)]
+
+
+def test_every_config_key_is_documented_in_readme() -> None:
+    from flask_procman.config import DEFAULTS, ConfigKeys
+
+    keys = {v for k, v in vars(ConfigKeys).items() if k.isupper()}
+    assert keys == set(DEFAULTS)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [key for key in keys if f"`{key}`" not in readme]
+    assert not missing, f"undocumented keys: {missing}"

@@ -97,6 +97,10 @@ class EvaluateInfo(db.Model):  # type: ignore[name-defined,misc]
     uuid: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_uuid)
     model_uuid: Mapped[str] = mapped_column(sa.ForeignKey("model_info.uuid"), index=True)
     dataset: Mapped[str] = mapped_column(sa.String(255))  # a file name in DATA_DIR
+    #: Seconds the script spreads its work over (``--duration``); None: the script's default (10).
+    duration: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    #: Ask the script to fail halfway (``--fail``): the demo's way to see a FAILED evaluation.
+    simulate_failure: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     evaluate_status: Mapped[str] = mapped_column(
         sa.String(16), default=EvaluateStatusType.NOT_STARTED.value, index=True
     )
@@ -123,7 +127,16 @@ class EvaluateInfo(db.Model):  # type: ignore[name-defined,misc]
 
     def state(self) -> dict[str, t.Any]:
         """The row as ``GET /evaluations/<uuid>.json`` shows it."""
-        return {"uuid": self.uuid, "status": self.evaluate_status, "metrics": self.metrics, "error": self.error}
+        return {
+            "uuid": self.uuid,
+            "status": self.evaluate_status,
+            "metrics": self.metrics,
+            "error": self.error,
+            "model": self.model.name,
+            "dataset": self.dataset,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
 
     def __repr__(self) -> str:
         return f"<EvaluateInfo {self.uuid} {self.evaluate_status}>"

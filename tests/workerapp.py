@@ -63,7 +63,11 @@ def main(argv: list[str]) -> None:
             go = os.environ.get("WORKER_GO")
             while go and not os.path.exists(go):  # a barrier: every worker starts at once
                 time.sleep(0.005)
-            cmd = [sys.executable, "-c", f"import time; time.sleep({seconds})", "procman-burst-marker"]
+            # Each child appends its own [start, end] wall-clock interval, so that the test can
+            # compute the true maximum overlap (one clock for every process of the machine).
+            intervals = os.environ["WORKER_INTERVALS"]
+            script = f't0=$(date +%s.%N); sleep {seconds}; echo "$t0 $(date +%s.%N)" >> "$1"'
+            cmd = ["sh", "-c", script, "sh", intervals]
             answers = {f"{prefix}-{i}": procman.start_process(f"{prefix}-{i}", cmd, queue=queue) for i in range(count)}
             for process_id, ok in answers.items():
                 if ok:

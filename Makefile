@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m flask --app example_app init-db
 	@if $(PY) -c "import gunicorn" 2>/dev/null; then \
-		$(VENV)/bin/gunicorn --workers 2 --threads 4 --bind 127.0.0.1:$(PORT) 'example_app:create_app()'; \
+		$(VENV)/bin/gunicorn -c example_app/gunicorn_conf.py --bind 127.0.0.1:$(PORT) 'example_app:create_app()'; \
 	else \
 		$(PY) -m flask --app example_app run --port $(PORT); \
 	fi

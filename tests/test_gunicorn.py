@@ -18,6 +18,13 @@ TOKEN = "gunicorn-test-token-0123456789"
 pytest.importorskip("gunicorn")
 
 
+def _no_control_socket() -> list[str]:
+    """Recent gunicorns open a control socket at one fixed path: two servers at once would clash."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,7 +38,8 @@ def server(tmp_path: t.Any, database_uri: str) -> t.Iterator[str]:
            "WORKER_LOGS": str(tmp_path / "logs"), "WORKER_TOKEN": TOKEN, "WORKER_STOP_ON_EXIT": "0",
            "WORKER_CAP": "10"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", "workerapp:create_app()"],
+        [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", *_no_control_socket(),
+         "workerapp:create_app()"],
         cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}/procman/api"

@@ -216,6 +216,8 @@ class Manager:
                 left = [p for p in survivors if p == watched.identity.pid]
                 self._try(lambda w=watched, c=code, s=left: self.record_end(  # type: ignore[misc]
                     w.process_id, c, killed=True, survivors=s, inline=True))
+        if stop_processes:
+            watcher.finish_leftovers()  # what finished jobs left in their groups: no survivor either
         watcher.close()
         if pool is not None:
             pool.shutdown(wait=True)
@@ -275,6 +277,8 @@ class Manager:
             raise errors.ProcessExists(
                 f"Process id {process_id!r} is already running or queued; stop it or choose another id."
             ) from None
+        except OSError as exc:  # the queued env file could not be written: the claim was rolled back
+            raise errors.StartError(f"Could not queue {process_id!r}: {exc}") from exc
         if status is None:
             return False
         if on_complete is not None:
@@ -472,6 +476,7 @@ class Manager:
         """Stop running processes together; returns the ids that ended."""
         targets: dict[str, dict[str, t.Any]] = {}
         remote: list[str] = []
+        ended: list[str] = []
         for process_id in process_ids:
             row = self._wait_for_pid(process_id)
             if row is None or row["status"] in FINAL:
@@ -480,11 +485,16 @@ class Manager:
                 self.store.update(process_id, expect_status=["running"], stop_requested="stop-request")
                 remote.append(process_id)
                 continue
+            if row["pid"] is None:  # claimed, never spawned: its starter died between the two steps
+                if not _owner_alive(row["owner"] or ""):
+                    self.store.update(process_id, expect_status=["running"], stop_requested="stop")
+                    self.record_end(process_id, None)
+                    ended.append(process_id)
+                continue
             self.store.update(process_id, expect_status=["running"], stop_requested="stop")
             targets[process_id] = row
         identities = {pid: Identity(row["pid"], row["pid_started"]) for pid, row in targets.items()}
         survivors = kill_trees(list(identities.values()), grace) if identities else []
-        ended: list[str] = []
         for process_id, identity in identities.items():
             left = [p for p in survivors if p == identity.pid]
             if self._await_record(process_id, identity, left, wait=2.0 + self.settings.poll_interval):
@@ -685,7 +695,7 @@ class Manager:
         watcher = t.cast(Watcher, self._watcher)
         active = {r["id"] for r in rows}
         # Callbacks held here for processes someone else finished (or promoted and finished).
-        for process_id in [p for p in self._callbacks if p not in active]:
+        for process_id in [p for p in list(self._callbacks) if p not in active]:  # list(): other threads add
             row = self.store.get(process_id)
             if row is None or row["status"] in FINAL:
                 self._dispatch_end(process_id, won=False)

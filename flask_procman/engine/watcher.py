@@ -144,6 +144,13 @@ class Watcher:
             for watched in self._watched.values():
                 self._close_pidfd(watched)
 
+    def finish_leftovers(self) -> None:
+        """After :meth:`stop`: SIGKILL, once their grace is over, the groups that ended jobs left
+        behind (they were already sent SIGTERM), instead of dropping them with the loop."""
+        while any(not entry[2] for entry in self._leftovers):
+            self._kill_leftovers(time.monotonic())
+            time.sleep(0.02)
+
     def close(self) -> None:
         """Release the pipe and selector (after :meth:`stop`)."""
         self._selector.close()

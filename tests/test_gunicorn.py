@@ -79,14 +79,12 @@ def test_start_on_one_worker_status_and_stop_on_others(server: str) -> None:
         return response if response.headers["X-Worker-Pid"] != starter else None
 
     wait_until(seen_elsewhere, timeout=30, message="a status answered by another worker")
-    workers_seen: set[str] = {starter}
-    for attempt in range(12):
+    for _attempt in range(12):
         response = _call("POST", f"{server}/processes/{process_id}/stop")
         assert response.status_code == 200, response.text
-        workers_seen.add(response.headers["X-Worker-Pid"])
         assert response.json()["process"]["status"] == "stopped"
         if response.headers["X-Worker-Pid"] != starter:
-            break
+            break  # stopped by a worker that did not start it
         # Stopped by the worker that started it: try again with a new process.
         started = _call("POST", f"{server}/programs/sleeper/start")
         process_id, starter = started.json()["process"]["id"], started.headers["X-Worker-Pid"]
@@ -94,4 +92,3 @@ def test_start_on_one_worker_status_and_stop_on_others(server: str) -> None:
         pytest.fail("every stop landed on the starting worker")
     listing = _call("GET", f"{server}/processes?status=stopped").json()
     assert process_id in {p["id"] for p in listing["processes"]}
-    assert len(workers_seen) >= 2

@@ -32,7 +32,7 @@ bench: $(VENV)/.installed
 ## lint: type-check and lint
 lint: $(VENV)/.installed
 	$(PY) -m mypy flask_procman
-	$(PY) -m ruff check flask_procman tests
+	$(PY) -m ruff check flask_procman tests example_app bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache tests/artifacts

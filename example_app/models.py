@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from flask_procman.store import UTCDateTime, utcnow
+
 #: The classifiers ``scripts/evaluate.py --model`` accepts.
 ALGORITHMS = ("threshold", "majority", "nearest-centroid")
 
@@ -32,28 +34,6 @@ db = SQLAlchemy(model_class=Base)
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes, also on SQLite (which would hand them back naive)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(dt.timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 class EvaluateStatusType(str, enum.Enum):

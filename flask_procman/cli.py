@@ -309,7 +309,7 @@ def list_command(statuses: tuple[str, ...], limit: int | None, as_json: bool) ->
     ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
     for row in (header, *rows):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]  # the last column is not padded
         click.echo("  ".join([*cells, row[-1]]))
 
 

@@ -17,7 +17,7 @@ if t.TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 #: ``authorize(action, process_id) -> bool``; action is read, stop, start or delete.
-AuthorizeCallback = t.Callable[[str, t.Optional[str]], bool]
+AuthorizeCallback = t.Callable[[str, str | None], bool]
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 

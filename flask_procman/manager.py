@@ -35,7 +35,7 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("flask_procman")
 
 #: ``on_complete(process_id, return_code)``: return_code is None when there is none.
-CompletionCallback = t.Callable[[str, t.Optional[int]], t.Any]
+CompletionCallback = t.Callable[[str, int | None], t.Any]
 
 DEFAULT_READ_LIMIT = 1 * MIB
 _CALLBACK_THREADS = 2
@@ -55,7 +55,10 @@ def _check_timeout(value: object, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
         raise errors.InvalidCommand(f"{name} must be a positive number of seconds or None, not {value!r}.")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float: not a number of seconds
+        raise errors.InvalidCommand(f"{name} is too large to be a number of seconds.") from None
 
 
 def _check_cmd(cmd: object) -> list[str]:
@@ -252,6 +255,10 @@ class Manager:
         if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
             raise errors.InvalidCommand(f"cwd must be a path or None, not {cwd!r}.")
         workdir = os.path.abspath(os.fspath(cwd)) if cwd is not None else None
+        if workdir is not None and (not isinstance(workdir, str) or "\0" in workdir
+                                    or any("\ud800" <= c <= "\udfff" for c in workdir)):
+            # It is stored as text: PostgreSQL refuses NUL, and no database takes a lone surrogate.
+            raise errors.InvalidCommand("cwd must be a text path without NUL characters or undecodable bytes.")
         if on_complete is not None and not callable(on_complete):
             raise errors.InvalidCommand("on_complete must be a callable(process_id, return_code) or None.")
         if handler is not None and handler not in self.extension.handlers:
@@ -299,7 +306,7 @@ class Manager:
 
         try:
             return t.cast(dict[str, t.Any], json.loads(json.dumps(dict(metadata), allow_nan=False)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise errors.InvalidCommand(f"metadata must be JSON-serialisable: {exc}.") from None
 
     def _spawn(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, raise_errors: bool) -> bool:
@@ -311,7 +318,7 @@ class Manager:
         logs = LogFiles(self.settings.log_dir, process_id)
         try:
             identity = spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
             message = f"Could not start {record['cmd'][0]!r}: {exc}"
             self._try(lambda: self.store.update(process_id, status="failed", error=message, finished_at=utcnow()))
             if raise_errors:
@@ -455,7 +462,10 @@ class Manager:
         process_id = _check_id(process_id)
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise errors.InvalidCommand(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}.")
-        grace = self.settings.stop_timeout if timeout is None else float(timeout)
+        try:
+            grace = self.settings.stop_timeout if timeout is None else float(timeout)
+        except OverflowError:  # an int beyond any float
+            raise errors.InvalidCommand("timeout is too large to be a number of seconds.") from None
         self._ensure_started_for_reads()
         row = self.store.get(process_id)
         if row is None or row["status"] in FINAL:
@@ -617,7 +627,8 @@ class Manager:
             if return_code not in (0, None):
                 stream = "stdout" if row["merge_stderr"] else "stderr"
                 tail = LogFiles(self.settings.log_dir, process_id).tail(stream, self.settings.error_tail)
-                error = decode_output(tail) or f"exited with code {return_code}"
+                # NUL: no PostgreSQL text column takes it, and the end would never be recorded.
+                error = decode_output(tail).replace("\0", "\ufffd") or f"exited with code {return_code}"
             values: dict[str, t.Any] = {
                 "status": status, "return_code": return_code, "finished_at": utcnow(), "error": error,
                 "owner": self._owner or row["owner"],

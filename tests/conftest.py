@@ -36,6 +36,33 @@ def wait_until(predicate: t.Callable[[], t.Any], timeout: float = 10.0, interval
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def no_control_socket() -> list[str]:
+    """Recent gunicorns open a control socket at one fixed path (~/.gunicorn): two servers at once
+    would clash, so tests turn it off where the option exists."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+
+
+def stop_everything(app: Flask) -> None:
+    """Test teardown: stop every process of the app and its manager."""
+    manager = app.extensions["procman"]
+    try:
+        manager.stop_all(timeout=1)
+    except Exception:
+        pass
+    manager.shutdown(stop_processes=True)
+
+
 def pg_schema_url(base: str, schema: str) -> str:
     """A PostgreSQL URL whose connections use their own schema (isolates tests)."""
     sep = "&" if "?" in base else "?"
@@ -91,12 +118,7 @@ def make_app(tmp_path: t.Any) -> t.Iterator[AppFactory]:
 
     yield factory
     for app, _ext in apps:
-        manager = app.extensions["procman"]
-        try:
-            manager.stop_all(timeout=1)
-        except Exception:
-            pass
-        manager.shutdown(stop_processes=True)
+        stop_everything(app)
 
 
 @pytest.fixture

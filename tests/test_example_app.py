@@ -7,7 +7,6 @@ import dataclasses
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -18,17 +17,15 @@ import psutil
 import pytest
 import requests
 import sqlalchemy as sa
-from conftest import wait_until
+from conftest import free_port, no_control_socket, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # example_app is not installed: import it from the checkout (as gunicorn does)
-    sys.path.insert(0, str(REPO))
-
-from example_app import TOKEN_FILE, create_app
+from example_app import TOKEN_FILE, create_app  # importable from the checkout: pytest's pythonpath
 from example_app.models import EvaluateInfo, ModelInfo, db, seed_models
 from example_app.service import EvaluateService, EvaluationStartError
+
+REPO = Path(__file__).resolve().parents[1]
 
 BIN = Path(sys.executable).parent
 FINAL = ("COMPLETED", "FAILED")
@@ -58,17 +55,6 @@ class Server:
         return (self.instance / TOKEN_FILE).read_text().strip()
 
 
-def no_control_socket() -> list[str]:
-    """Recent gunicorns open a control socket at one fixed path (~/.gunicorn): two servers at once would clash."""
-    from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped,unused-ignore]
-
-    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, **kwargs: t.Any) -> requests.Response:

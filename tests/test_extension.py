@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 import os
 import threading
 import typing as t
+from pathlib import Path
 
 import pytest
 from conftest import AppFactory, py
@@ -20,7 +20,7 @@ seed_handle = ProcessManager()
 
 def test_init_app_twice_says_what_to_do(make_app: AppFactory) -> None:
     app = make_app()
-    with pytest.raises(RuntimeError, match="already been registered on this Flask app. Import and use that instance"):
+    with pytest.raises(RuntimeError, match=r"already been registered on this Flask app\. Import and use that instance"):
         ProcMan().init_app(app)
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import typing as t
 
 import pytest
 import requests
-from conftest import wait_until
+from conftest import free_port, no_control_socket, wait_until
 
 HERE = os.path.dirname(__file__)
 TOKEN = "gunicorn-test-token-0123456789"
@@ -18,27 +17,16 @@ TOKEN = "gunicorn-test-token-0123456789"
 pytest.importorskip("gunicorn")
 
 
-def _no_control_socket() -> list[str]:
-    """Recent gunicorns open a control socket at one fixed path: two servers at once would clash."""
-    from gunicorn.config import KNOWN_SETTINGS
-
-    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def server(tmp_path: t.Any, database_uri: str) -> t.Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "WORKER_INSTANCE": str(tmp_path / "instance"), "WORKER_DB": database_uri,
            "WORKER_LOGS": str(tmp_path / "logs"), "WORKER_TOKEN": TOKEN, "WORKER_STOP_ON_EXIT": "0",
            "WORKER_CAP": "10"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", *_no_control_socket(),
+        [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", *no_control_socket(),
          "workerapp:create_app()"],
         cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

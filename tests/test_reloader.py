@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ import typing as t
 
 import psutil
 import requests
-from conftest import wait_until
+from conftest import free_port, wait_until
 
 APP = textwrap.dedent(
     """
@@ -45,15 +44,10 @@ APP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def test_processes_survive_a_reload_and_are_adopted(tmp_path: t.Any) -> None:
     (tmp_path / "reloadapp.py").write_text(APP)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RELOAD_INSTANCE": str(tmp_path / "instance"), "FLASK_APP": "reloadapp"}
     server = subprocess.Popen([sys.executable, "-m", "flask", "run", "--debug", "--port", str(port)],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -81,4 +75,4 @@ def test_processes_survive_a_reload_and_are_adopted(tmp_path: t.Any) -> None:
                    message="job ended")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        out, _ = server.communicate(timeout=30)
+        server.communicate(timeout=30)

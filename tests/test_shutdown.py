@@ -10,7 +10,7 @@ import typing as t
 
 import psutil
 import pytest
-from conftest import AppFactory, py, wait_until
+from conftest import AppFactory, py
 from flask import Flask
 
 from flask_procman import ProcMan

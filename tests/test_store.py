@@ -47,7 +47,7 @@ def test_app_db_holds_the_table(tmp_path: t.Any, make_app: AppFactory) -> None:
     procman.init_app(app)
     try:
         with app.app_context():
-            with pytest.raises(StoreUnavailable, match="db.create_all"):
+            with pytest.raises(StoreUnavailable, match=r"db\.create_all"):
                 procman.start_process("early", ["true"])
             db.create_all()
             assert procman.start_process("early", py("print('in app db')"))

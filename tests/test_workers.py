@@ -8,15 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import typing as t
 
 import psutil
 import pytest
-from conftest import wait_until
-from flask import Flask
-
 import workerapp
+from conftest import stop_everything, wait_until
+from flask import Flask
 
 HERE = os.path.dirname(__file__)
 
@@ -69,12 +67,7 @@ class Workers:
                 proc.kill()
             proc.communicate()
         for app in self.apps:
-            manager = app.extensions["procman"]
-            try:
-                manager.stop_all(timeout=1)
-            except Exception:
-                pass
-            manager.shutdown(stop_processes=True)
+            stop_everything(app)
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def build_nearest_centroid(rows: list[Row]) -> Classifier:
     for label in (0, 1):
         members = [features for features, row_label in rows if row_label == label]
         if members:
-            centroids[label] = [mean(column) for column in zip(*members)]
+            centroids[label] = [mean(column) for column in zip(*members, strict=True)]
 
     def predict(features: list[float]) -> int:
         return min(centroids, key=lambda label: math.dist(features, centroids[label]))
@@ -126,7 +126,7 @@ def load_dataset(path: str) -> list[Row]:
 
 def compute_metrics(labels: list[int], predictions: list[int]) -> dict[str, float]:
     """Accuracy, precision, recall and F1 of the positive class (0.0 where undefined)."""
-    pairs = list(zip(labels, predictions))
+    pairs = list(zip(labels, predictions, strict=True))
     tp = sum(1 for y, p in pairs if y == 1 and p == 1)
     fp = sum(1 for y, p in pairs if y == 0 and p == 1)
     fn = sum(1 for y, p in pairs if y == 1 and p == 0)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
-    except Exception:  # noqa: BLE001 - any failure: report it, exit 1
+    except Exception:
         traceback.print_exc()
         print("evaluate: evaluation failed", file=sys.stderr, flush=True)
         return 1

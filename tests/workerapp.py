@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-import typing as t
 
 from flask import Flask, Response, current_app
 

@@ -277,23 +277,46 @@ class Manager:
             "handler_state": None,
         }
         logs = LogFiles(self.settings.log_dir, process_id)
+        spawned: list[Identity] = []
+        failures: list[str] = []
+
+        def launch() -> dict[str, t.Any]:
+            # Runs inside the claim's transaction: the row is written with its pid, or as failed.
+            try:
+                identity = self._launch(record, overrides)
+            except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
+                failures.append(f"Could not start {argv[0]!r}: {exc}")
+                return {"status": "failed", "error": failures[0], "finished_at": utcnow()}
+            spawned.append(identity)
+            return {"pid": identity.pid, "pid_started": identity.started, "started_at": utcnow()}
+
         try:
             status = self.store.claim(record, self.settings.max_processes, queue,
-                                      on_queued=(lambda: logs.write_env(overrides)) if overrides else None)
+                                      on_queued=(lambda: logs.write_env(overrides)) if overrides else None,
+                                      on_running=launch)
         except KeyError:
             raise errors.ProcessExists(
                 f"Process id {process_id!r} is already running or queued; stop it or choose another id."
             ) from None
         except OSError as exc:  # the queued env file could not be written: the claim was rolled back
             raise errors.StartError(f"Could not queue {process_id!r}: {exc}") from exc
+        except errors.StoreUnavailable:
+            # The record could not be written: nobody could ever see or stop the process.
+            if spawned:
+                kill_trees(spawned, 0.5)
+            raise
         if status is None:
             return False
+        if failures:
+            raise errors.StartError(failures[0])
         if on_complete is not None:
             self._callbacks[process_id] = on_complete
         if status == "queued":
             t.cast(Watcher, self._watcher).request_tick()
             return True
-        self._spawn(record, overrides, raise_errors=True)
+        identity = spawned[0]
+        t.cast(Watcher, self._watcher).watch(process_id, identity, is_child=True, timeout_left=timeout)
+        self._send_started(process_id, identity.pid)
         return True
 
     @staticmethod
@@ -309,15 +332,19 @@ class Manager:
         except (TypeError, ValueError, RecursionError) as exc:
             raise errors.InvalidCommand(f"metadata must be JSON-serialisable: {exc}.") from None
 
-    def _spawn(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, raise_errors: bool) -> bool:
-        """Spawn a claimed record; on failure mark it ``failed`` (and raise ``StartError`` if asked)."""
-        process_id = record["id"]
+    def _launch(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
+        """Spawn the command of a record with its env overrides (raises ``OSError`` or ``ValueError``)."""
         env = {**os.environ, **overrides}
         if "PYTHONUNBUFFERED" not in overrides:
             env["PYTHONUNBUFFERED"] = "1"
-        logs = LogFiles(self.settings.log_dir, process_id)
+        logs = LogFiles(self.settings.log_dir, record["id"])
+        return spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
+
+    def _spawn(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, raise_errors: bool) -> bool:
+        """Spawn a promoted queued record; on failure mark it ``failed`` (and raise ``StartError`` if asked)."""
+        process_id = record["id"]
         try:
-            identity = spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
+            identity = self._launch(record, overrides)
         except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
             message = f"Could not start {record['cmd'][0]!r}: {exc}"
             self._try(lambda: self.store.update(process_id, status="failed", error=message, finished_at=utcnow()))
@@ -639,20 +666,21 @@ class Manager:
                 values["error"] = (error or "") + f"\nstill alive after SIGKILL: {survivors}"
             won = self.store.update(process_id, expect_status=["running"], **values)
         if won or process_id in self._callbacks or process_id in self._events:
-            self._dispatch_end(process_id, won=won, inline=inline)
+            self._dispatch_end(process_id, won=won, inline=inline,
+                               durable_work=won and (bool(row["handler"]) or bool(process_finished.receivers)))
         if won and self._watcher is not None:
             self._watcher.request_tick()  # a slot is free: promote queued starts now
         return won
 
-    def _dispatch_end(self, process_id: str, *, won: bool, inline: bool = False) -> None:
+    def _dispatch_end(self, process_id: str, *, won: bool, inline: bool = False, durable_work: bool = True) -> None:
         """Run the in-memory callback (if this worker holds one) and, for the recorder, the durable
         handler and the signal, with the app context pushed, off the watcher thread."""
         callback = self._callbacks.pop(process_id, None)
         event = self._events.get(process_id)
         if event is not None:
             event.set()
-        if callback is None and not won:
-            return
+        if callback is None and not (won and durable_work):
+            return  # nothing to run: no callback, no handler, no process_finished receiver
         pool = self._pool
         if inline or pool is None:
             self._run_completion(process_id, callback, won)

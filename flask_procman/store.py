@@ -126,6 +126,7 @@ class Store:
         self._create_lock = threading.Lock()
         #: Our own SQLite engines emit BEGIN themselves (see _sqlite_setup); an app's engine does not.
         self._begin_hook = bool(getattr(engine, "_procman_begin_hook", False))
+        self._get_stmt: sa.Select[t.Any] | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
     def ensure_table(self) -> None:
@@ -187,8 +188,10 @@ class Store:
     # -- reads -----------------------------------------------------------------------------------
     def get(self, process_id: str) -> dict[str, t.Any] | None:
         """The record as a dict, or None."""
+        if self._get_stmt is None:  # built once: SQLAlchemy re-builds and re-keys a new select() per call
+            self._get_stmt = sa.select(self.table).where(self.table.c.id == sa.bindparam("process_id"))
         with self.transaction() as conn:
-            row = conn.execute(sa.select(self.table).where(self.table.c.id == process_id)).mappings().first()
+            row = conn.execute(self._get_stmt, {"process_id": process_id}).mappings().first()
         return dict(row) if row else None
 
     def page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
@@ -240,13 +243,16 @@ class Store:
 
     # -- the claim: the global cap ---------------------------------------------------------------
     def claim(self, record: dict[str, t.Any], cap: int, queue: bool,
-              on_queued: t.Callable[[], None] | None = None) -> str | None:
+              on_queued: t.Callable[[], None] | None = None,
+              on_running: t.Callable[[], dict[str, t.Any]] | None = None) -> str | None:
         """Insert ``record`` as running (a slot was free), queued, or not at all (cap reached).
 
         Returns the status given, or None. An older *final* record with the same id is replaced;
         a live one raises ``KeyError``. Queued records are first in line: a direct start only
         gets a slot when running + queued < cap. ``on_queued`` runs before the commit, so that
         no manager can promote the record before it is ready (its env file written).
+        ``on_running`` spawns the process inside the transaction and returns the values to record
+        with it (its pid, or ``status="failed"`` and the error): a row is never running without a pid.
         """
         table = self.table
         with self.transaction(exclusive=True) as conn:
@@ -268,10 +274,13 @@ class Store:
                 return None
             if existing is not None:
                 conn.execute(sa.delete(table).where(table.c.id == record["id"]))
-            conn.execute(sa.insert(table).values(**record, status=status))
+            values = {**record, "status": status}
             if status == "queued" and on_queued is not None:
                 on_queued()
-            return status
+            if status == "running" and on_running is not None:
+                values.update(on_running())
+            conn.execute(sa.insert(table).values(**values))
+            return t.cast(str, values["status"])
 
     def promote(self, host: str, cap: int, owner: str) -> list[dict[str, t.Any]]:
         """Mark the oldest queued records of ``host`` running, as many as free slots allow."""

@@ -34,7 +34,7 @@ def test_thousands_of_starts_leak_nothing(make_app: AppFactory) -> None:
     with app.app_context():
         # Warm up: the engine, the callback pool and the connection pool reach their sizes.
         for i in range(100):
-            pm.start_process(f"warm{i}", ["true"])
+            assert pm.start_process(f"warm{i}", ["true"], queue=True)
         for i in range(100):
             pm.wait(f"warm{i}", timeout=10)
         database = app.extensions["procman"].settings.database_uri.removeprefix("sqlite:///")

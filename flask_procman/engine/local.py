@@ -145,6 +145,20 @@ def open_pidfd(identity: Identity) -> int | None:
     return fd
 
 
+def children_map() -> dict[int, list[int]]:
+    """``{parent pid: [child pids]}`` from ONE pass over the process table.
+
+    ``psutil.Process.children(recursive=True)`` makes that pass on every call: stopping N processes
+    one by one read /proc N times over (500 stops on a host with 1,100 processes: 550,000 reads).
+    """
+    tree: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info["ppid"]
+        if ppid is not None:
+            tree.setdefault(ppid, []).append(proc.pid)
+    return tree
+
+
 class TreeKiller:
     """Stops a process and all its descendants: SIGTERM, then SIGKILL after a grace period.
 
@@ -157,21 +171,38 @@ class TreeKiller:
         self.identity = identity
         self.procs: dict[int, psutil.Process] = {}
 
-    def _collect(self) -> None:
+    def _collect(self, tree: dict[int, list[int]] | None = None) -> None:
         root = self.identity.process()
         if root is None:
             return
         self.procs.setdefault(root.pid, root)
-        try:
-            for child in root.children(recursive=True):
-                self.procs.setdefault(child.pid, child)
-        except psutil.NoSuchProcess:
-            pass
+        if tree is None:
+            try:
+                for child in root.children(recursive=True):
+                    self.procs.setdefault(child.pid, child)
+            except psutil.NoSuchProcess:
+                pass
+            return
+        started = root.create_time()
+        stack, seen = list(tree.get(root.pid, ())), {root.pid}
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                child = self.procs.get(pid) or psutil.Process(pid)
+                if child.create_time() < started:  # older than its ancestor: a reused pid
+                    continue
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            self.procs.setdefault(pid, child)
+            stack.extend(tree.get(pid, ()))
 
-    def _signal_all(self, sig: int) -> None:
+    def _signal_all(self, sig: int, tree: dict[int, list[int]] | None = None) -> None:
         """Signal every process of the tree exactly once: a second SIGTERM can kill a child that
         is already shutting down gracefully (Python restores default handlers as it exits)."""
-        self._collect()
+        self._collect(tree)
         group: int | None = None
         if not IS_WINDOWS:
             try:
@@ -193,13 +224,13 @@ class TreeKiller:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
 
-    def terminate(self) -> None:
-        """Send SIGTERM to the tree."""
-        self._signal_all(signal.SIGTERM if not IS_WINDOWS else signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined,unused-ignore]
+    def terminate(self, tree: dict[int, list[int]] | None = None) -> None:
+        """Send SIGTERM to the tree (``tree``: a :func:`children_map` shared by many killers)."""
+        self._signal_all(signal.SIGTERM if not IS_WINDOWS else signal.CTRL_BREAK_EVENT, tree)  # type: ignore[attr-defined,unused-ignore]
 
-    def kill(self) -> None:
+    def kill(self, tree: dict[int, list[int]] | None = None) -> None:
         """Send SIGKILL to the tree."""
-        self._signal_all(signal.SIGKILL if not IS_WINDOWS else signal.SIGTERM)
+        self._signal_all(signal.SIGKILL if not IS_WINDOWS else signal.SIGTERM, tree)
 
     def survivors(self) -> list[int]:
         """Pids of the tree still running (zombies count as ended)."""
@@ -216,15 +247,17 @@ class TreeKiller:
 def kill_trees(identities: t.Sequence[Identity], grace: float, poll: float = 0.02) -> list[int]:
     """Stop every tree at once (SIGTERM, ``grace`` seconds, SIGKILL); returns the pids that survived."""
     killers = [TreeKiller(identity) for identity in identities]
+    tree = children_map() if len(killers) > 1 else None
     for killer in killers:
-        killer.terminate()
+        killer.terminate(tree)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not any(killer.survivors() for killer in killers):
             return []
         time.sleep(poll)
+    tree = children_map() if len(killers) > 1 else None
     for killer in killers:
-        killer.kill()
+        killer.kill(tree)
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         left = [pid for killer in killers for pid in killer.survivors()]

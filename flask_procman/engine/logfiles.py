@@ -66,7 +66,8 @@ class LogFiles:
 
         With ``merge_stderr`` both fds are the same file, so the true order of the writes is kept.
         """
-        self.remove()
+        if os.path.lexists(self.folder):  # an earlier run of a reused id
+            self.remove()
         os.makedirs(self.folder, mode=0o700)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         out_fd = os.open(self.path("stdout"), flags, 0o600)

@@ -68,6 +68,7 @@ class Watcher:
     """
 
     FALLBACK_POLL = 0.1
+    MIN_TICK_GAP = 0.05
 
     def __init__(self, client: WatcherClient, poll_interval: float, stop_timeout: float) -> None:
         self._client = client
@@ -172,16 +173,19 @@ class Watcher:
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
         next_tick = 0.0
+        last_tick = -1e9
         while not self._stopping:
             try:
                 self._take_incoming()
                 now = time.monotonic()
-                if self._tick_now or now >= next_tick:
+                # Requested ticks (one per recorded end) are coalesced: at most one per MIN_TICK_GAP.
+                if (self._tick_now and now >= last_tick + self.MIN_TICK_GAP) or now >= next_tick:
                     self._tick_now = False
+                    last_tick = now
                     next_tick = now + self._poll_interval
                     self._safe(self._client.tick)
                     self._retry_pending_ends()
-                timeout = self._wait_time(next_tick)
+                timeout = self._wait_time(min(next_tick, last_tick + self.MIN_TICK_GAP) if self._tick_now else next_tick)
                 for key, _ in self._selector.select(timeout):
                     if key.data is None:
                         self._drain_wake()

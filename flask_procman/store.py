@@ -279,7 +279,7 @@ class Store:
                 on_queued()
             if status == "running" and on_running is not None:
                 values.update(on_running())
-            conn.execute(sa.insert(table).values(**values))
+            conn.execute(table.insert(), values)  # executemany-style: no per-call statement building
             return t.cast(str, values["status"])
 
     def promote(self, host: str, cap: int, owner: str) -> list[dict[str, t.Any]]:

@@ -45,10 +45,13 @@ def test_callback_runs_for_stopped_timed_out_and_queued(make_app: AppFactory) ->
         seen[process_id] = return_code
 
     with app.app_context():
-        pm.start_process("s", py("import time; time.sleep(60)"), on_complete=record)
+        pm.start_process("s", py("import time; print('up', flush=True); time.sleep(60)"), on_complete=record)
         pm.start_process("q", py("pass"), on_complete=record, queue=True)
         pm.start_process("q2", py("pass"), on_complete=record, queue=True)
         pm.stop_process("q2")
+        # A SIGTERM landing between the wrapper's fork and the child's exec is lost (then SIGKILL
+        # after the grace ends it): stop once the child runs, to test the SIGTERM path itself.
+        wait_until(lambda: pm.get_process_status("s")["stdout"] == "up\n", message="child running")
         pm.stop_process("s", timeout=1)
         pm.wait("q", timeout=10)
         pm.start_process("t", py("import time; time.sleep(60)"), on_complete=record, timeout=0.2)

@@ -1,0 +1,1 @@
+"""The three peers the benches compare (see bench/README.md)."""

@@ -25,6 +25,7 @@ from .engine.watcher import Watcher
 from .programs import Program, make_program
 from .signals import process_finished, process_started
 from .store import ACTIVE, FINAL, Store, create_own_engine, make_table, utcnow
+from .validation import check_cmd, check_cwd, check_env, check_metadata, check_process_id, check_seconds
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -39,51 +40,6 @@ CompletionCallback = t.Callable[[str, int | None], t.Any]
 
 DEFAULT_READ_LIMIT = 1 * MIB
 _CALLBACK_THREADS = 2
-
-
-def _check_id(process_id: object) -> str:
-    if not is_valid_process_id(process_id):
-        raise errors.InvalidProcessId(
-            f"Invalid process id {process_id!r}: ids are 1-128 characters from A-Z a-z 0-9 . _ - "
-            "and start with a letter or digit (they become file names)."
-        )
-    return t.cast(str, process_id)
-
-
-def _check_timeout(value: object, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
-        raise errors.InvalidCommand(f"{name} must be a positive number of seconds or None, not {value!r}.")
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond any float: not a number of seconds
-        raise errors.InvalidCommand(f"{name} is too large to be a number of seconds.") from None
-
-
-def _check_cmd(cmd: object) -> list[str]:
-    if isinstance(cmd, (str, bytes)):
-        raise errors.InvalidCommand("cmd must be a list of strings, not a string: no shell is used. "
-                                    "Write ['python', 'script.py'] instead of 'python script.py'.")
-    if not isinstance(cmd, (list, tuple)) or not cmd:
-        raise errors.InvalidCommand(f"cmd must be a non-empty list of strings, not {cmd!r}.")
-    if not all(isinstance(part, str) and "\0" not in part for part in cmd) or not cmd[0]:
-        raise errors.InvalidCommand("every item of cmd must be a string without NUL characters, "
-                                    "and the program name must not be empty.")
-    return list(cmd)
-
-
-def _check_env(env: object) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, t.Mapping):
-        raise errors.InvalidCommand(f"env must be a mapping of strings to strings, not {type(env).__name__}.")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise errors.InvalidCommand(f"env has an invalid variable name {key!r}.")
-        if not isinstance(value, str) or "\0" in value:
-            raise errors.InvalidCommand(f"env value of {key!r} must be a string without NUL characters.")
-    return dict(env)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -248,17 +204,11 @@ class Manager:
         program: str | None = None,
     ) -> bool:
         """Start ``cmd``; see :meth:`flask_procman.ProcMan.start_process`."""
-        process_id = _check_id(process_id)
-        argv = _check_cmd(cmd)
-        overrides = _check_env(env)
-        timeout = _check_timeout(timeout, "timeout")
-        if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
-            raise errors.InvalidCommand(f"cwd must be a path or None, not {cwd!r}.")
-        workdir = os.path.abspath(os.fspath(cwd)) if cwd is not None else None
-        if workdir is not None and (not isinstance(workdir, str) or "\0" in workdir
-                                    or any("\ud800" <= c <= "\udfff" for c in workdir)):
-            # It is stored as text: PostgreSQL refuses NUL, and no database takes a lone surrogate.
-            raise errors.InvalidCommand("cwd must be a text path without NUL characters or undecodable bytes.")
+        process_id = check_process_id(process_id)
+        argv = check_cmd(cmd)
+        overrides = check_env(env)
+        timeout = check_seconds(timeout, "timeout")
+        workdir = check_cwd(cwd)
         if on_complete is not None and not callable(on_complete):
             raise errors.InvalidCommand("on_complete must be a callable(process_id, return_code) or None.")
         if handler is not None and handler not in self.extension.handlers:
@@ -266,7 +216,7 @@ class Manager:
                 f"No completion handler named {handler!r}; register it at app setup with "
                 f"@procman.on_complete({handler!r})."
             )
-        meta = self._check_metadata(metadata)
+        meta = check_metadata(metadata)
         self._ensure_engine()
         record = {
             "id": process_id, "cmd": argv, "cwd": workdir, "env_keys": sorted(overrides),
@@ -319,19 +269,6 @@ class Manager:
         self._send_started(process_id, identity.pid)
         return True
 
-    @staticmethod
-    def _check_metadata(metadata: object) -> dict[str, t.Any] | None:
-        if metadata is None:
-            return None
-        if not isinstance(metadata, t.Mapping):
-            raise errors.InvalidCommand("metadata must be a JSON-serialisable mapping or None.")
-        import json
-
-        try:
-            return t.cast(dict[str, t.Any], json.loads(json.dumps(dict(metadata), allow_nan=False)))
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise errors.InvalidCommand(f"metadata must be JSON-serialisable: {exc}.") from None
-
     def _launch(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
         """Spawn the command of a record with its env overrides (raises ``OSError`` or ``ValueError``)."""
         env = {**os.environ, **overrides}
@@ -376,7 +313,7 @@ class Manager:
     # ================================================================ reading ====================
     def get_process_status(self, process_id: str) -> dict[str, t.Any] | None:
         """The status dict of a process, or None when there is no such record."""
-        process_id = _check_id(process_id)
+        process_id = check_process_id(process_id)
         self._ensure_started_for_reads()
         row = self.store.get(process_id)
         return self.to_status(row) if row is not None else None
@@ -422,7 +359,7 @@ class Manager:
 
         Non-destructive: any number of readers, in any worker, each see everything.
         """
-        process_id = _check_id(process_id)
+        process_id = check_process_id(process_id)
         if stream not in STREAMS:
             raise errors.InvalidCommand(f"stream must be 'stdout' or 'stderr', not {stream!r}.")
         for name, value in (("offset", offset), ("limit", limit)):
@@ -461,8 +398,8 @@ class Manager:
 
     def wait(self, process_id: str, timeout: float | None = None) -> dict[str, t.Any]:
         """Block until the process has ended and return its final status (``TimeoutError`` on timeout)."""
-        process_id = _check_id(process_id)
-        timeout = _check_timeout(timeout, "timeout") if timeout is not None else None
+        process_id = check_process_id(process_id)
+        timeout = check_seconds(timeout, "timeout")
         self._ensure_started_for_reads()
         deadline = time.monotonic() + timeout if timeout is not None else None
         event = self._events.setdefault(process_id, threading.Event())
@@ -486,13 +423,9 @@ class Manager:
     # ================================================================ stopping ===================
     def stop_process(self, process_id: str, timeout: float | None = None) -> bool:
         """Stop a process and its whole tree; True if it was running or queued and has now ended."""
-        process_id = _check_id(process_id)
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-            raise errors.InvalidCommand(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}.")
-        try:
-            grace = self.settings.stop_timeout if timeout is None else float(timeout)
-        except OverflowError:  # an int beyond any float
-            raise errors.InvalidCommand("timeout is too large to be a number of seconds.") from None
+        process_id = check_process_id(process_id)
+        given = check_seconds(timeout, "timeout", allow_zero=True)
+        grace = self.settings.stop_timeout if given is None else given
         self._ensure_started_for_reads()
         row = self.store.get(process_id)
         if row is None or row["status"] in FINAL:
@@ -594,7 +527,7 @@ class Manager:
     # ================================================================ removing ===================
     def remove_process(self, process_id: str) -> bool:
         """Delete a finished process's record and log files; False if unknown."""
-        process_id = _check_id(process_id)
+        process_id = check_process_id(process_id)
         self._check_fork()
         row = self.store.get(process_id)
         if row is None:

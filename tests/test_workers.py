@@ -227,13 +227,13 @@ def test_processes_outlive_a_worker_that_exits_and_are_adopted(workers: Workers)
 
 def test_a_zombie_counts_as_ended(workers: Workers) -> None:
     """A child whose manager died and that nobody reaps (PID 1 here does not) is ended, not running."""
-    worker = workers.spawn("start", "orphan:0.2")
+    worker = workers.spawn("start", "orphan:1.0")
     assert worker.stdout is not None and worker.stdout.readline().strip() == "started"
+    worker.send_signal(signal.SIGSTOP)  # its manager is frozen (before the child ends): nobody reaps it
     app = workers.app()
     pm = app.extensions["procman"]
     with app.app_context():
         pid = pm.store.get("orphan")["pid"]
-    worker.send_signal(signal.SIGSTOP)  # its manager is frozen: nobody reaps the child
     try:
         wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10, message="zombie")
         from flask_procman.engine.local import Identity

@@ -169,6 +169,12 @@ def test_the_python_api_raises_only_documented_errors_and_never_corrupts_a_recor
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                      HealthCheck.data_too_large])
     @given(op=operations(tmp))
+    # Valid starts among the examples, so the "not vacuous" floor below never depends on luck.
+    @example(op=("start", {"process_id": "fine-1", "cmd": ["true"]}))
+    @example(op=("start", {"process_id": "fine-2", "cmd": ["true", "a b"], "env": {"X": "1"}}))
+    @example(op=("start", {"process_id": "fine-3", "cmd": ["true"], "metadata": {"k": [1, 2]}}))
+    @example(op=("start", {"process_id": "fine-4", "cmd": ["true"], "timeout": 30}))
+    @example(op=("start", {"process_id": "fine-5", "cmd": ["true"], "cwd": "/"}))
     @example(op=("start", {"process_id": "surrogate-arg", "cmd": ["true", "\ud800"]}))
     @example(op=("start", {"process_id": "surrogate-env", "cmd": ["true"], "env": {"A": "\ud800"}}))
     @example(op=("start", {"process_id": "surrogate-cwd", "cmd": ["true"], "cwd": "/tmp/\ud800"}))

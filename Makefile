@@ -31,7 +31,7 @@ bench: $(VENV)/.installed
 
 ## lint: type-check and lint
 lint: $(VENV)/.installed
-	$(PY) -m mypy flask_procman
+	$(PY) -m mypy
 	$(PY) -m ruff check flask_procman tests example_app bench
 
 clean:

@@ -22,8 +22,9 @@ import typing as t
 from flask import current_app
 
 from flask_procman import ProcessManager, ProcMan
+from flask_procman.store import utcnow
 
-from .models import DATA_DIR, EvaluateInfo, EvaluateStatusType, ModelInfo, db, utcnow
+from .models import DATA_DIR, EvaluateInfo, EvaluateStatusType, ModelInfo, db
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,15 @@ def py(code: str) -> list[str]:
     return [PY, "-c", code]
 
 
+T = t.TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """``value``, asserting that it is not None (a status or record that must exist)."""
+    assert value is not None
+    return value
+
+
 def wait_until(predicate: t.Callable[[], t.Any], timeout: float = 10.0, interval: float = 0.02,
                message: str = "condition") -> t.Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""

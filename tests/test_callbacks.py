@@ -7,7 +7,7 @@ import threading
 import typing as t
 
 import pytest
-from conftest import AppFactory, py, wait_until
+from conftest import AppFactory, present, py, wait_until
 from flask import current_app
 
 from flask_procman import ProcMan, UnknownHandler, process_finished, process_started
@@ -51,7 +51,7 @@ def test_callback_runs_for_stopped_timed_out_and_queued(make_app: AppFactory) ->
         pm.stop_process("q2")
         # A SIGTERM landing between the wrapper's fork and the child's exec is lost (then SIGKILL
         # after the grace ends it): stop once the child runs, to test the SIGTERM path itself.
-        wait_until(lambda: pm.get_process_status("s")["stdout"] == "up\n", message="child running")
+        wait_until(lambda: present(pm.get_process_status("s"))["stdout"] == "up\n", message="child running")
         pm.stop_process("s", timeout=1)
         pm.wait("q", timeout=10)
         pm.start_process("t", py("import time; time.sleep(60)"), on_complete=record, timeout=0.2)

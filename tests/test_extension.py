@@ -9,7 +9,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from conftest import AppFactory, py
+from conftest import AppFactory, present, py
 from flask import Flask
 
 from flask_procman import ConfigurationError, NotInitializedError, ProcessManager, ProcMan
@@ -121,7 +121,7 @@ def test_two_apps_keep_separate_managers(make_app: AppFactory, tmp_path: t.Any) 
         assert procman.start_process("p", py("print('two')"))  # its own cap, its own ids
         assert procman.wait("p", timeout=10)["stdout"] == "two\n"
     with one.app_context():
-        assert procman.get_process_status("p")["status"] == "running"
+        assert present(procman.get_process_status("p"))["status"] == "running"
         assert procman.get_manager(two) is two.extensions["procman"]
 
 
@@ -151,7 +151,7 @@ def test_seed_example_runs_unchanged(make_app: AppFactory, tmp_path: t.Any) -> N
         assert status["status"] == "running"
         assert status["stdout"] == "Hello\n"
         assert process_manager.stop_process(process_id)
-        assert process_manager.get_process_status(process_id)["status"] == "stopped"
+        assert present(process_manager.get_process_status(process_id))["status"] == "stopped"
         assert not process_manager.stop_process(process_id)
     wait_until(lambda: completed, message="callback")
     assert completed == [("unique_process_id", -15)]

@@ -10,7 +10,7 @@ import typing as t
 import psutil
 import pytest
 import sqlalchemy as sa
-from conftest import AppFactory, py, wait_until
+from conftest import AppFactory, present, py, wait_until
 
 from flask_procman import InvalidCommand, InvalidProcessId, ProcessExists, ProcessNotFinished, ProcMan, StartError
 
@@ -41,7 +41,7 @@ def test_queue_runs_in_order_when_slots_free(make_app: AppFactory, tmp_path: t.A
         assert pm.start_process("blocker", SLEEP)
         for name in ("q1", "q2", "q3"):
             assert pm.start_process(name, py(f"open({str(order)!r}, 'a').write('{name}\\n')"), queue=True)
-            assert pm.get_process_status(name)["status"] == "queued"
+            assert present(pm.get_process_status(name))["status"] == "queued"
         assert pm.stats()["queued"] == 3
         pm.stop_process("blocker", timeout=1)
         for name in ("q1", "q2", "q3"):
@@ -96,11 +96,11 @@ def test_stop_a_term_ignoring_child_within_grace(make_app: AppFactory) -> None:
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
     with app.app_context():
         pm.start_process("stubborn", py(code))
-        wait_until(lambda: "ready" in pm.get_process_status("stubborn")["stdout"], message="ready")
+        wait_until(lambda: "ready" in present(pm.get_process_status("stubborn"))["stdout"], message="ready")
         started = time.monotonic()
         assert pm.stop_process("stubborn", timeout=1.0)
         elapsed = time.monotonic() - started
-        status = pm.get_process_status("stubborn")
+        status = present(pm.get_process_status("stubborn"))
     assert elapsed < 1.0 + 1.0
     assert status["status"] == "stopped" and status["return_code"] == -9
 
@@ -112,9 +112,9 @@ def test_sigterm_caught_and_exit_0_is_still_stopped(make_app: AppFactory) -> Non
             "print('ready', flush=True)\ntime.sleep(60)")
     with app.app_context():
         pm.start_process("polite", py(code))
-        wait_until(lambda: "ready" in pm.get_process_status("polite")["stdout"], message="ready")
+        wait_until(lambda: "ready" in present(pm.get_process_status("polite"))["stdout"], message="ready")
         assert pm.stop_process("polite")
-        status = pm.get_process_status("polite")
+        status = present(pm.get_process_status("polite"))
     assert (status["status"], status["return_code"]) == ("stopped", 0)
 
 
@@ -135,7 +135,7 @@ def test_stop_kills_grandchildren_and_setsid_escapees(make_app: AppFactory, tmp_
         children = _pids_from(pids, 3)
         assert all(psutil.pid_exists(p) for p in children)
         assert pm.stop_process("tree", timeout=2)
-        status = pm.get_process_status("tree")
+        status = present(pm.get_process_status("tree"))
     for pid in children:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert status["status"] == "stopped" and status["survivors"] == []
@@ -146,7 +146,7 @@ def test_the_documented_tree_leaves_nothing_behind(make_app: AppFactory) -> None
     pm = _pm(app)
     with app.app_context():
         pm.start_process("tree2", ["sh", "-c", "sleep 1000 & sleep 1000; wait"])
-        root = wait_until(lambda: pm.get_process_status("tree2")["pid"], message="pid")
+        root = wait_until(lambda: present(pm.get_process_status("tree2"))["pid"], message="pid")
         wait_until(lambda: len(psutil.Process(root).children(recursive=True)) >= 3, message="tree")
         tree = [p.pid for p in psutil.Process(root).children(recursive=True)]
         assert pm.stop_process("tree2", timeout=2)
@@ -182,7 +182,7 @@ def test_stop_queued_unknown_and_ended(make_app: AppFactory) -> None:
         pm.start_process("run", SLEEP)
         pm.start_process("waiting", SLEEP, queue=True)
         assert pm.stop_process("waiting")
-        assert pm.get_process_status("waiting")["status"] == "stopped"
+        assert present(pm.get_process_status("waiting"))["status"] == "stopped"
         assert pm.stop_process("nope") is False
         pm.stop_process("run", timeout=1)
         assert pm.stop_process("run") is False
@@ -235,7 +235,7 @@ def test_invalid_env_timeout_and_metadata(make_app: AppFactory) -> None:
         for kwargs in ({"env": {"A": 1}}, {"env": {"A=B": "x"}}, {"env": "A=1"}, {"timeout": -1},
                        {"timeout": "5"}, {"metadata": {"x": object()}}, {"metadata": [1]}):
             with pytest.raises(InvalidCommand):
-                pm.start_process("v", ["true"], **kwargs)  # type: ignore[arg-type]
+                pm.start_process("v", ["true"], **kwargs)
         assert pm.list_processes() == []
 
 
@@ -266,7 +266,7 @@ def test_start_errors_keep_a_failed_record_and_free_the_id(make_app: AppFactory,
     with app.app_context():
         with pytest.raises(StartError, match=needle):
             pm.start_process("broken", cmd, cwd=cwd)
-        status = pm.get_process_status("broken")
+        status = present(pm.get_process_status("broken"))
         assert status["status"] == "failed" and needle in status["error"]
         assert pm.stats()["running"] == 0
         assert pm.start_process("broken", py("print('again')"))

@@ -6,7 +6,7 @@ import os
 import typing as t
 
 import psutil
-from conftest import AppFactory, py, wait_until
+from conftest import AppFactory, present, py, wait_until
 
 from flask_procman import ProcMan
 
@@ -66,11 +66,11 @@ def test_two_readers_each_see_everything(make_app: AppFactory) -> None:
         pm.start_process("shared", py(code))
         readers = {"a": (bytearray(), [0]), "b": (bytearray(), [0])}
         while True:
-            ended = pm.get_process_status("shared")["status"] != "running"
+            ended = present(pm.get_process_status("shared"))["status"] != "running"
             for buf, offset in readers.values():
                 data, offset[0] = pm.read_output("shared", "stdout", offset[0], 7)
                 buf += data
-            if ended and all(len(b) == pm.get_process_status("shared")["stdout_size"] for b, _ in readers.values()):
+            if ended and all(len(b) == present(pm.get_process_status("shared"))["stdout_size"] for b, _ in readers.values()):
                 break
     expected = "".join(f"line {i}\n" for i in range(20)).encode()
     assert bytes(readers["a"][0]) == bytes(readers["b"][0]) == expected
@@ -82,8 +82,8 @@ def test_output_shows_up_live(make_app: AppFactory) -> None:
     pm = _pm(app)
     with app.app_context():
         pm.start_process("live", py("import time; print('early'); time.sleep(30)"))
-        wait_until(lambda: pm.get_process_status("live")["stdout"] == "early\n", message="live output")
-        assert pm.get_process_status("live")["status"] == "running"
+        wait_until(lambda: present(pm.get_process_status("live"))["stdout"] == "early\n", message="live output")
+        assert present(pm.get_process_status("live"))["status"] == "running"
 
 
 def test_read_output_arguments(make_app: AppFactory) -> None:
@@ -100,7 +100,7 @@ def test_read_output_arguments(make_app: AppFactory) -> None:
         assert pm.read_output("r", "stdout", 100, 3) == (b"", 100)
         for kwargs in ({"stream": "both"}, {"offset": -1}, {"limit": -2}, {"offset": "1"}):
             with pytest.raises(InvalidCommand):
-                pm.read_output("r", **kwargs)  # type: ignore[arg-type]
+                pm.read_output("r", **kwargs)
         with pytest.raises(ProcessNotFound):
             pm.read_output("missing")
 
@@ -117,7 +117,7 @@ def test_200mb_of_output_does_not_grow_the_manager(make_app: AppFactory) -> None
         before = me.memory_info().rss
         pm.start_process("big", py(code))
         peak = before
-        while pm.get_process_status("big")["status"] == "running":
+        while present(pm.get_process_status("big"))["status"] == "running":
             peak = max(peak, me.memory_info().rss)
         final = pm.wait("big", timeout=60)
         peak = max(peak, me.memory_info().rss)

@@ -10,7 +10,7 @@ import typing as t
 
 import psutil
 import pytest
-from conftest import AppFactory, py
+from conftest import AppFactory, present, py
 from flask import Flask
 
 from flask_procman import ProcMan
@@ -36,14 +36,14 @@ def test_a_request_does_not_stop_a_running_process(make_app: AppFactory) -> None
 
     @app.get("/status")
     def status() -> str:
-        return t.cast(str, procman.get_process_status("req")["status"])
+        return t.cast(str, present(procman.get_process_status("req"))["status"])
 
     client = app.test_client()
     assert client.post("/start").status_code == 200
     for _ in range(3):
         assert client.get("/status").get_data(as_text=True) == "running"
     with app.app_context():
-        pid = procman.get_process_status("req")["pid"]
+        pid = present(procman.get_process_status("req"))["pid"]
     assert _alive(pid)
 
 
@@ -52,11 +52,11 @@ def test_shutdown_stops_owned_processes(make_app: AppFactory) -> None:
     procman = app.extensions["procman"].extension
     with app.app_context():
         procman.start_process("s1", SLEEP)
-        pid = procman.get_process_status("s1")["pid"]
+        pid = present(procman.get_process_status("s1"))["pid"]
     procman.shutdown(app)
     assert not _alive(pid)
     with app.app_context():
-        assert procman.get_process_status("s1")["status"] == "stopped"
+        assert present(procman.get_process_status("s1"))["status"] == "stopped"
 
 
 def test_shutdown_leaves_processes_when_stop_on_exit_is_false(make_app: AppFactory) -> None:
@@ -64,11 +64,11 @@ def test_shutdown_leaves_processes_when_stop_on_exit_is_false(make_app: AppFacto
     procman = app.extensions["procman"].extension
     with app.app_context():
         procman.start_process("keep", SLEEP)
-        pid = procman.get_process_status("keep")["pid"]
+        pid = present(procman.get_process_status("keep"))["pid"]
     procman.shutdown(app)
     assert _alive(pid)
     with app.app_context():  # using it again restarts the engine, which finds it still running
-        assert procman.get_process_status("keep")["status"] == "running"
+        assert present(procman.get_process_status("keep"))["status"] == "running"
         assert procman.stop_process("keep", timeout=1)
 
 
@@ -100,12 +100,12 @@ def test_interpreter_exit(tmp_path: t.Any, mode: str) -> None:
     with app.app_context():
         if mode == "stop":
             assert not _alive(pid)
-            assert pm.get_process_status("child")["status"] == "stopped"
+            assert present(pm.get_process_status("child"))["status"] == "stopped"
         else:
             assert _alive(pid)
             # The exited manager's process is adopted by this one and can be stopped from here.
             assert pm.stop_process("child", timeout=1)
-            assert pm.get_process_status("child")["status"] == "stopped"
+            assert present(pm.get_process_status("child"))["status"] == "stopped"
             assert not _alive(pid)
     app.extensions["procman"].shutdown(stop_processes=True)
     assert os.path.exists(tmp_path / "inst" / "procman.sqlite3")

@@ -16,6 +16,8 @@ import workerapp
 from conftest import stop_everything, wait_until
 from flask import Flask
 
+from flask_procman import ProcMan
+
 HERE = os.path.dirname(__file__)
 
 
@@ -48,7 +50,7 @@ class Workers:
         old = dict(os.environ)
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("WORKER_")}, **env)
         try:
-            workerapp.procman = workerapp.ProcMan()
+            workerapp.procman = ProcMan()
             workerapp.procman.on_complete("record")(workerapp.record)
             app = workerapp.create_app()
         finally:

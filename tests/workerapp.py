@@ -75,11 +75,11 @@ def main(argv: list[str]) -> None:
         elif command == "start":
             # start ID SECONDS: a child that writes a known pattern then exits with code len(ID) % 7.
             for spec in argv[1:]:
-                process_id, seconds = spec.split(":")
+                process_id, duration = spec.split(":")
                 code = (
                     "import sys, time\n"
                     f"for i in range(30):\n    sys.stdout.write('{process_id} line %d\\n' % i); sys.stdout.flush(); "
-                    f"time.sleep({float(seconds)} / 30)\n"
+                    f"time.sleep({float(duration)} / 30)\n"
                     f"sys.stderr.write('bye\\n'); sys.exit({len(process_id) % 7})"
                 )
                 if not procman.start_process(process_id, [sys.executable, "-c", code], handler="record"):

@@ -12,7 +12,7 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
-from conftest import AppFactory, py, wait_until
+from conftest import AppFactory, present, py, wait_until
 from rel_support import TcpProxy, all_problems, proxied_url
 
 from flask_procman import ProcMan, StoreUnavailable
@@ -72,7 +72,7 @@ def test_postgres_outage_loses_nothing_and_duplicates_nothing(pg_url: str, pg_pr
         final = pm.wait("ender", timeout=20)
         assert (final["status"], final["return_code"]) == ("completed", 7)
         assert pm.get_process_status("refused") is None  # the refused start left nothing
-        assert pm.get_process_status("long")["status"] == "running"
+        assert present(pm.get_process_status("long"))["status"] == "running"
         assert pm.start_process("refused", py("print('now')"), handler="done")  # and its id is free
         assert pm.wait("refused", timeout=10)["stdout"] == "now\n"
         assert pm.stop_process("long", timeout=1)

@@ -18,7 +18,7 @@ import time
 import typing as t
 
 import pytest
-from conftest import AppFactory, py, wait_until
+from conftest import AppFactory, present, py, wait_until
 from flask import Flask
 from rel_support import (
     HERE,
@@ -94,7 +94,7 @@ def test_sigkill_while_writing_keeps_byte_exact_logs_and_real_return_codes(worke
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         assert all(size < LINES * line for size in sizes.values()), "the children ended before the kill"
-        assert all(pm.get_process_status(pid)["status"] == "running" for pid in exits)
+        assert all(present(pm.get_process_status(pid))["status"] == "running" for pid in exits)
         finals = {pid: pm.wait(pid, timeout=30) for pid in exits}
         for pid in exits:
             out, err = _expected(pid)
@@ -147,7 +147,7 @@ def test_queued_start_with_env_on_a_read_only_log_folder_is_a_start_error(make_a
             assert pm.get_process_status("queued-env") is None
             remount(logs, "rw")
             assert pm.start_process("queued-env", ["true"], env={"TOKEN": "x"}, queue=True)
-            assert pm.get_process_status("queued-env")["status"] == "queued"
+            assert present(pm.get_process_status("queued-env"))["status"] == "queued"
             assert pm.stop_process("queued-env")
 
 
@@ -166,7 +166,7 @@ def test_full_log_folder_fails_starts_clearly_and_the_id_is_reusable(make_app: A
             with pytest.raises(StartError, match="No space left on device") as caught:
                 pm.start_process("full", ["true"])
             assert isinstance(caught.value, ProcManError)
-            status = pm.get_process_status("full")
+            status = present(pm.get_process_status("full"))
             assert status["status"] == "failed" and "No space left" in status["error"]
             assert pm.stats()["running"] == 0
             for name in os.listdir(filler):
@@ -287,7 +287,7 @@ def test_stop_and_shutdown_of_a_running_job_kill_its_200_children(make_app: AppF
             pm.shutdown(stop_processes=True)
         took = time.monotonic() - started
         assert not marked_alive(marker)
-        status = pm.get_process_status("forker")
+        status = present(pm.get_process_status("forker"))
     assert took < 1.0 + 2.0 + 1.0
     assert (status["status"], status["return_code"]) == ("stopped", -15)
 
@@ -308,8 +308,9 @@ def test_a_child_that_closes_stdout_early_is_still_tracked(make_app: AppFactory,
     with app.app_context():
         pm.start_process("closer", py(code))
         wait_until(lambda: pm.read_output("closer", "stderr")[0] == b"after close\n", message="stdout closed")
-        status = pm.get_process_status("closer")
-        assert status["status"] == "running" and Identity(status["pid"], pm.store.get("closer")["pid_started"]).is_alive()
+        status = present(pm.get_process_status("closer"))
+        started = present(pm.store.get("closer"))["pid_started"]
+        assert status["status"] == "running" and Identity(status["pid"], started).is_alive()
         go.touch()
         final = pm.wait("closer", timeout=10)
     assert (final["status"], final["return_code"]) == ("completed", 5)
@@ -329,7 +330,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(make_app: AppFac
         started = time.monotonic()
         assert pm.stop_process("stubborn", timeout=1.0)
         took = time.monotonic() - started
-        final = pm.get_process_status("stubborn")
+        final = present(pm.get_process_status("stubborn"))
         timed = pm.wait("stubborn-timeout", timeout=10)
     assert 1.0 <= took < 1.0 + 1.0
     assert (final["status"], final["return_code"]) == ("stopped", -9)
@@ -386,7 +387,7 @@ def test_sqlite_locked_for_seconds_loses_and_duplicates_nothing(make_app: AppFac
         starter.start()
         wait_until(lambda: not any(i.is_alive() for i in identities.values()), message="children ended")
         with app.app_context():
-            seen = {pid: pm.get_process_status(pid)["status"] for pid in identities}  # reads still work (WAL)
+            seen = {pid: present(pm.get_process_status(pid))["status"] for pid in identities}  # reads still work (WAL)
         still_locked = locker.poll() is None
         if still_locked:
             assert seen == {"ends-3": "running", "ends-4": "running"}  # their ends wait for the lock

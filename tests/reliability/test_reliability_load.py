@@ -11,6 +11,7 @@ The total time and the rate are printed (``pytest -s``) and recorded with ``reco
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -55,7 +56,7 @@ class Server:
                 env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return str(self.log_path.read_text(errors="replace"))
 
     def workers(self) -> list[int]:
         return sorted(c.pid for c in psutil.Process(self.proc.pid).children())
@@ -189,7 +190,8 @@ def test_2000_short_processes_through_the_rest_api(tmp_path: t.Any, record_prope
         for round_ in range(2):
             warm = _clients(server, f"warm{round_}-", 1, 4, 25)
             assert warm[0]["codes"].get("201", 0) + warm[0]["codes"].get("202", 0) == 100, warm
-            wait_until(lambda r=round_: _all_final(server.db, f"warm{r}-", 100), timeout=60, message="warm-up done")
+            all_final = functools.partial(_all_final, server.db, f"warm{round_}-", 100)
+            wait_until(all_final, timeout=60, message="warm-up done")
         wait_until(lambda: not any(_live_children(pid) or _zombies(pid) for pid in workers), message="idle")
         before = _footprint(workers)
         kinds_before = {pid: _fd_kinds(pid) for pid in workers}

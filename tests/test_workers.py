@@ -13,7 +13,7 @@ import typing as t
 import psutil
 import pytest
 import workerapp
-from conftest import stop_everything, wait_until
+from conftest import present, stop_everything, wait_until
 from flask import Flask
 
 from flask_procman import ProcMan
@@ -247,3 +247,33 @@ def test_a_zombie_counts_as_ended(workers: Workers) -> None:
         worker.send_signal(signal.SIGCONT)
     with app.app_context():
         assert pm.wait("orphan", timeout=10)["status"] == "completed"
+
+
+def test_a_handler_interrupted_by_its_workers_death_runs_again(workers: Workers) -> None:
+    """The recorder died inside the durable handler: a later manager runs it (at least once)."""
+    worker = workers.spawn("start", "dying:0.1", WORKER_HANG_IN_HANDLER="1")
+    assert worker.stdout is not None and worker.stdout.readline().strip() == "started"
+    wait_until(lambda: len(workers.handler_runs()) == 1, message="handler began in the worker")
+    assert workers.handler_runs()[0][2] == str(worker.pid)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    app = workers.app()
+    with app.app_context():
+        assert present(app.extensions["procman"].get_process_status("dying"))["status"] == "completed"
+        wait_until(lambda: len(workers.handler_runs()) == 2, timeout=15, message="handler run again")
+        wait_until(lambda: present(app.extensions["procman"].store.get("dying"))["handler_state"] == "done",
+                   message="handler done")
+    assert workers.handler_runs()[1][:3] == ["dying", str(len("dying") % 7), str(os.getpid())]
+
+
+def test_a_process_of_another_host_is_stopped_by_a_request_its_owner_carries_out(workers: Workers) -> None:
+    owner_app = workers.app()
+    other_app = workers.app()
+    other = other_app.extensions["procman"]
+    other.host = "another-host"  # as if it ran on another machine sharing the database
+    with owner_app.app_context():
+        owner_app.extensions["procman"].start_process("far", ["sleep", "60"])
+    with other_app.app_context():
+        assert other.stop_process("far", timeout=1)  # it cannot signal: it asks the owner
+        status = present(other.get_process_status("far"))
+    assert (status["status"], status["return_code"]) == ("stopped", -15)

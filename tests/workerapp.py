@@ -25,6 +25,8 @@ def record(process_id: str, return_code: int | None) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"{process_id} {return_code} {os.getpid()}\n")
+    if current_app.config.get("WORKER_HANG_IN_HANDLER"):  # a worker that dies in the middle of it
+        time.sleep(3600)
 
 
 def create_app() -> Flask:
@@ -39,6 +41,7 @@ def create_app() -> Flask:
         PROCMAN_STOP_TIMEOUT=2.0,
         PROCMAN_API_TOKEN=os.environ.get("WORKER_TOKEN") or None,
         WORKER_HANDLER_LOG=os.environ.get("WORKER_HANDLER_LOG"),
+        WORKER_HANG_IN_HANDLER=os.environ.get("WORKER_HANG_IN_HANDLER") == "1",
         PROCMAN_PROGRAMS={"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}},
     )
     procman.init_app(app)

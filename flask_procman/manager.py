@@ -75,6 +75,7 @@ class Manager:
         self._last_prune = 0.0
         self._ticks = 0
         self._atexit_pid: int | None = None
+        self._fork_hooks = False
 
     # ================================================================ engine lifecycle ==========
     @property
@@ -110,6 +111,18 @@ class Manager:
         if self._pid is not None and self._pid != os.getpid():
             self._after_fork()
 
+    def _before_fork(self) -> None:
+        """``os.fork()`` is about to run (a ``gunicorn --preload`` master spawning a worker):
+        park the watcher so that no thread of ours is inside the database library at the fork."""
+        watcher = self._watcher
+        if watcher is not None and self._pid == os.getpid():
+            watcher.pause()
+
+    def _after_fork_in_parent(self) -> None:
+        watcher = self._watcher
+        if watcher is not None and self._pid == os.getpid():
+            watcher.resume()
+
     def _after_fork(self) -> None:
         """A forked child (gunicorn --preload, pytest-flask's live_server): start afresh."""
         self._lock = threading.RLock()
@@ -120,7 +133,10 @@ class Manager:
         self._callbacks = {}
         self._events = {}
         if self._store is not None and self._store.owns_table:
+            # Drop the parent's pooled connections without closing them (they are the parent's);
+            # a fresh store and engine follow, so no lock the parent held at the fork is reused.
             self._store.engine.dispose(close=False)
+        self._store = None
         self._pid = None
 
     def _ensure_engine(self) -> None:
@@ -142,6 +158,9 @@ class Manager:
             if self._atexit_pid != pid:
                 atexit.register(self._atexit)
                 self._atexit_pid = pid
+            if not self._fork_hooks and hasattr(os, "register_at_fork"):
+                os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_in_parent)
+                self._fork_hooks = True
 
     def _atexit(self) -> None:
         if self._pid != os.getpid():

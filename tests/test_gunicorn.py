@@ -19,15 +19,17 @@ pytest.importorskip("gunicorn")
 
 
 
-@pytest.fixture
-def server(tmp_path: t.Any, database_uri: str) -> t.Iterator[str]:
+@pytest.fixture(params=["plain", "preload"])
+def server(request: pytest.FixtureRequest, tmp_path: t.Any, database_uri: str) -> t.Iterator[str]:
+    """gunicorn with 4 workers; "preload": the master loads the app and uses the manager before forking."""
     port = free_port()
+    preload = request.param == "preload"
     env = {**os.environ, "WORKER_INSTANCE": str(tmp_path / "instance"), "WORKER_DB": database_uri,
            "WORKER_LOGS": str(tmp_path / "logs"), "WORKER_TOKEN": TOKEN, "WORKER_STOP_ON_EXIT": "0",
-           "WORKER_CAP": "10"}
+           "WORKER_CAP": "10", "WORKER_USE_AT_IMPORT": "1" if preload else "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", *no_control_socket(),
-         "workerapp:create_app()"],
+         *(["--preload"] if preload else []), "workerapp:create_app()"],
         cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}/procman/api"
@@ -43,7 +45,12 @@ def server(tmp_path: t.Any, database_uri: str) -> t.Iterator[str]:
         yield base
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker that does not exit is a failure, not a leak
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"gunicorn did not exit within 30 s of SIGTERM:\n{out[-3000:]}")
         if proc.returncode not in (0, -15):
             print(out)
 
@@ -80,3 +87,14 @@ def test_start_on_one_worker_status_and_stop_on_others(server: str) -> None:
         pytest.fail("every stop landed on the starting worker")
     listing = _call("GET", f"{server}/processes?status=stopped").json()
     assert process_id in {p["id"] for p in listing["processes"]}
+
+
+def test_workers_record_ends_by_themselves(server: str) -> None:
+    """Every worker's own watcher runs (after a --preload fork too): a short process's end is
+    recorded without anyone stopping it."""
+    started = _call("POST", f"{server}/programs/quick/start")
+    assert started.status_code == 201, started.text
+    process_id = started.json()["process"]["id"]
+    final = wait_until(lambda: (r := _call("GET", f"{server}/processes/{process_id}").json())["status"] != "running"
+                       and r, timeout=30, message="end recorded")
+    assert (final["status"], final["return_code"]) == ("completed", 0)

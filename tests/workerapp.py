@@ -42,9 +42,15 @@ def create_app() -> Flask:
         PROCMAN_API_TOKEN=os.environ.get("WORKER_TOKEN") or None,
         WORKER_HANDLER_LOG=os.environ.get("WORKER_HANDLER_LOG"),
         WORKER_HANG_IN_HANDLER=os.environ.get("WORKER_HANG_IN_HANDLER") == "1",
-        PROCMAN_PROGRAMS={"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}},
+        PROCMAN_PROGRAMS={"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]},
+                          "quick": {"cmd": [sys.executable, "-c", "print('done')"]}},
     )
     procman.init_app(app)
+    if os.environ.get("WORKER_USE_AT_IMPORT") == "1":
+        # As an app that touches the manager while loading (in a `gunicorn --preload` master,
+        # before the fork): each forked worker must start its own engine.
+        with app.app_context():
+            procman.stats()
 
     @app.after_request
     def worker_pid(response: Response) -> Response:

@@ -88,6 +88,10 @@ class Watcher:
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, name="procman-watcher", daemon=True)
+        # Pausing for a fork: the loop parks between iterations, outside any database call.
+        self._pause_requested = False
+        self._paused = threading.Event()
+        self._resume = threading.Event()
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -128,6 +132,22 @@ class Watcher:
             return any(w.process_id == process_id and not w.ended
                        for w in (*self._watched.values(), *self._incoming))
 
+    def pause(self, timeout: float = 5.0) -> None:
+        """Park the loop between iterations (before an ``os.fork()``): a thread caught inside
+        SQLite at the fork leaves its process-wide locks held forever in the child."""
+        if not self._thread.is_alive() or threading.current_thread() is self._thread:
+            return
+        self._resume.clear()
+        self._paused.clear()
+        self._pause_requested = True
+        self.wake()
+        self._paused.wait(timeout)
+
+    def resume(self) -> None:
+        """Let a paused loop go on (in the parent, after the fork)."""
+        self._pause_requested = False
+        self._resume.set()
+
     def begin_stop(self, process_id: str) -> None:
         """Start a non-blocking stop (SIGTERM now, SIGKILL after the grace) of a watched process."""
         with self._lock:
@@ -138,6 +158,7 @@ class Watcher:
     def stop(self, join: bool = True) -> None:
         """End the loop; the processes keep running."""
         self._stopping = True
+        self._resume.set()
         self.wake()
         if join and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
@@ -162,19 +183,35 @@ class Watcher:
                 pass
 
     def abandon_after_fork(self) -> None:
-        """In a forked child: drop the parent's fds without touching its processes."""
-        with self._lock:
-            for watched in self._watched.values():
-                self._close_pidfd(watched)
-            self._watched.clear()
-            self._incoming.clear()
-        self.close()
+        """In a forked child: drop the parent's fds without touching its processes.
+
+        Takes no lock: the parent's watcher thread may have held one at the instant of the fork,
+        and in the child nobody would ever release it (only this thread exists here).
+        """
+        for watched in list(self._watched.values()):
+            if watched.pidfd is not None:
+                try:
+                    os.close(watched.pidfd)
+                except OSError:
+                    pass
+        self._watched = {}
+        self._incoming = []
+        selector_fd = getattr(self._selector, "fileno", lambda: -1)()  # epoll has one; select() not
+        for fd in (self._wake_r, self._wake_w, selector_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
         next_tick = 0.0
         last_tick = -1e9
         while not self._stopping:
+            if self._pause_requested:
+                self._paused.set()
+                self._resume.wait()
+                continue
             try:
                 self._take_incoming()
                 now = time.monotonic()

@@ -63,6 +63,14 @@ class Case:
 
 MIB_KEYS = dict(fmt="{:.1f}")
 
+#: B5a and B5b judge a stop the same way.
+STOP_ROWS = [
+    Row("over_grace_s", "stop returns after grace + (s), max", "{:+.3f}", agg="max",
+        target=("value", "<=", 0.2, "<= +0.2 s")),
+    Row("left_alive", "processes left alive when stop returns, max", "{:.0f}", agg="max",
+        target=("value", "==", 0, "0")),
+]
+
 CASES = [
     Case("B1", "spawn: start N x `true`, wait all", PEERS, {"n": 200}, {"n": 20}, [
         Row("per_process_ms", "ms per process (start..all waited)", "{:.2f}", True,
@@ -96,19 +104,9 @@ CASES = [
         Row("bytes_ok", "every byte kept (size)", agg="all"),
     ], trials=3, timeout=400),
     Case("B5a", "stop: TERM-ignoring child, grace 1 s", PEERS, {"case": "term_ignore", "grace": 1.0},
-         {"case": "term_ignore", "grace": 0.5}, [
-        Row("over_grace_s", "stop returns after grace + (s), max", "{:+.3f}", agg="max",
-            target=("value", "<=", 0.2, "<= +0.2 s")),
-        Row("left_alive", "processes left alive when stop returns, max", "{:.0f}", agg="max",
-            target=("value", "==", 0, "0")),
-    ], trials=3, timeout=60),
+         {"case": "term_ignore", "grace": 0.5}, STOP_ROWS, trials=3, timeout=60),
     Case("B5b", "stop: child with two grandchildren (one setsid), grace 1 s", PEERS, {"case": "tree", "grace": 1.0},
-         {"case": "tree", "grace": 0.5}, [
-        Row("over_grace_s", "stop returns after grace + (s), max", "{:+.3f}", agg="max",
-            target=("value", "<=", 0.2, "<= +0.2 s")),
-        Row("left_alive", "processes left alive when stop returns, max", "{:.0f}", agg="max",
-            target=("value", "==", 0, "0")),
-    ], trials=3, timeout=60),
+         {"case": "tree", "grace": 0.5}, STOP_ROWS, trials=3, timeout=60),
     Case("B6a", "bad output: 1 MiB of invalid UTF-8 on stdout and stderr", PEERS,
          {"case": "invalid_utf8", "size": MIB, "timeout": 5}, {"case": "invalid_utf8", "size": 256 * 1024, "timeout": 3}, [
         Row("bytes_ok", "every byte kept", agg="all", target=("value", "==", 1, "all trials")),
@@ -306,7 +304,7 @@ def main() -> None:
     args = parser.parse_args()
 
     only = {x.strip().upper() for x in args.only.split(",") if x.strip()}
-    cases = [c for c in CASES if not only or c.bench in only or c.bench[:2] in only]
+    cases = [c for c in CASES if not only or c.bench.upper() in only or c.bench[:2].upper() in only]
     trials = {c.bench: (1 if args.quick else (args.trials or c.trials)) for c in cases}
     os.makedirs(RESULTS, exist_ok=True)
     output = args.output or os.path.join(RESULTS, "quick.md" if args.quick else "latest.md")

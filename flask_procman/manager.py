@@ -193,7 +193,7 @@ class Manager:
                 code = self._exit_code_after_kill(watched.identity, watched.process_id, watched.is_child)
                 left = [p for p in survivors if p == watched.identity.pid]
                 self._try(lambda w=watched, c=code, s=left: self.record_end(  # type: ignore[misc]
-                    w.process_id, c, killed=True, survivors=s, inline=True))
+                    w.process_id, c, survivors=s, inline=True))
         if stop_processes:
             watcher.finish_leftovers()  # what finished jobs left in their groups: no survivor either
         watcher.close()
@@ -296,17 +296,15 @@ class Manager:
         logs = LogFiles(self.settings.log_dir, record["id"])
         return spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
 
-    def _spawn(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, raise_errors: bool) -> bool:
-        """Spawn a promoted queued record; on failure mark it ``failed`` (and raise ``StartError`` if asked)."""
+    def _start_promoted(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> bool:
+        """Spawn a queued record that was just promoted to running (its pid is written after);
+        on failure mark it ``failed`` and run its completion."""
         process_id = record["id"]
         try:
             identity = self._launch(record, overrides)
         except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
             message = f"Could not start {record['cmd'][0]!r}: {exc}"
             self._try(lambda: self.store.update(process_id, status="failed", error=message, finished_at=utcnow()))
-            if raise_errors:
-                self._callbacks.pop(process_id, None)
-                raise errors.StartError(message) from exc
             self._dispatch_end(process_id, won=True)
             return False
         try:
@@ -519,7 +517,7 @@ class Manager:
         if self._poll_final(process_id, wait) is not None:
             return True
         code = self._exit_code_after_kill(identity, process_id, is_child=False)
-        self.record_end(process_id, code, killed=True, survivors=survivors)
+        self.record_end(process_id, code, survivors=survivors)
         row = self.store.get(process_id)
         return row is not None and row["status"] in FINAL
 
@@ -580,7 +578,7 @@ class Manager:
         """Mark a running process as stopped for its timeout (before it is signalled)."""
         self.store.update(process_id, expect_status=["running"], stop_requested="timeout")
 
-    def record_end(self, process_id: str, return_code: int | None, *, killed: bool = False,
+    def record_end(self, process_id: str, return_code: int | None, *,
                    survivors: list[int] | None = None, inline: bool = False) -> bool:
         """Record the end of a process, once: a compare-and-set from ``running`` to a final status.
 
@@ -700,7 +698,7 @@ class Manager:
         if any(r["status"] == "queued" for r in rows):
             for record in self.store.promote(self.host, self.settings.max_processes, self._owner):
                 overrides = LogFiles(self.settings.log_dir, record["id"]).pop_env() or {}
-                self._spawn(record, overrides, raise_errors=False)
+                self._start_promoted(record, overrides)
         alive: dict[str, bool] = {}
         for row in rows:
             owner = row["owner"]

@@ -30,7 +30,7 @@ def _group_exists(pgid: int) -> bool:
 class WatcherClient(t.Protocol):
     """What the watcher asks of its manager."""
 
-    def record_end(self, process_id: str, return_code: int | None, *, killed: bool = False,
+    def record_end(self, process_id: str, return_code: int | None, *,
                    survivors: list[int] | None = None, inline: bool = False) -> bool:
         """Record that a watched process has ended (raises on database errors; retried later)."""
 
@@ -357,7 +357,7 @@ class Watcher:
     def _report(self, watched: Watched, code: int | None) -> None:
         survivors = watched.killer.survivors() if watched.killer is not None else []
         try:
-            self._client.record_end(watched.process_id, code, killed=watched.killed, survivors=survivors)
+            self._client.record_end(watched.process_id, code, survivors=survivors)
         except Exception as exc:
             log.warning("procman: could not record the end of %s (%s); will retry", watched.process_id, exc)
             with self._lock:

@@ -21,6 +21,8 @@ from . import errors
 from .config import MIB, Settings
 from .engine.local import Identity, kill_trees, process_start_time, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
+from .engine.runtag import ENV_VAR as RUN_TAG_VAR
+from .engine.runtag import new_tag
 from .engine.watcher import Watcher
 from .programs import Program, make_program
 from .signals import process_finished, process_started
@@ -243,7 +245,7 @@ class Manager:
             "timeout": timeout, "host": self.host, "owner": self._owner, "created_at": utcnow(),
             "return_code": None, "pid": None, "pid_started": None, "started_at": None,
             "finished_at": None, "stop_requested": None, "error": None, "survivors": None,
-            "handler_state": None,
+            "handler_state": None, "run_tag": new_tag(),
         }
         logs = LogFiles(self.settings.log_dir, process_id)
         spawned: list[Identity] = []
@@ -293,6 +295,8 @@ class Manager:
         env = {**os.environ, **overrides}
         if "PYTHONUNBUFFERED" not in overrides:
             env["PYTHONUNBUFFERED"] = "1"
+        if record.get("run_tag"):
+            env[RUN_TAG_VAR] = record["run_tag"]  # finds the run's processes without their pids
         logs = LogFiles(self.settings.log_dir, record["id"])
         return spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
 

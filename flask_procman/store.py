@@ -73,6 +73,7 @@ def make_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("error", sa.Text),
         sa.Column("survivors", sa.JSON),
         sa.Column("handler_state", sa.String(16)),
+        sa.Column("run_tag", sa.String(64)),  # PROCMAN_RUN_TAG of the run (engine/runtag.py)
     )
 
 

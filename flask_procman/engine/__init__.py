@@ -1,0 +1,1 @@
+"""The local engine: spawning, identifying and signalling processes, their log files, the watcher."""

@@ -289,7 +289,7 @@ class Manager:
         if on_complete is not None:
             self._callbacks[process_id] = on_complete
         if stop_on_teardown:
-            bind_to_context(self, process_id)
+            bind_to_context(self, process_id, str(record["run_tag"]))
         if status == "queued":
             t.cast(Watcher, self._watcher).request_tick()
             return True
@@ -471,20 +471,24 @@ class Manager:
         self._dispatch_end(process_id, won=True)
         return True
 
-    def request_stop(self, process_id: str, *, reason: str = "stop-request") -> bool:
+    def request_stop(self, process_id: str, *, reason: str = "stop-request", run_tag: str | None = None) -> bool:
         """Stop without waiting: a queued process leaves the queue; a running one is marked with
         ``reason`` and its owner's watcher sends SIGTERM to the whole tree at once, SIGKILL after
-        ``PROCMAN_STOP_TIMEOUT``, and records it ``stopped``. True if it was queued or running."""
+        ``PROCMAN_STOP_TIMEOUT``, and records it ``stopped``. True if it was queued or running
+        (or already being stopped). ``run_tag``: only that run, not a later start with the same id."""
         process_id = check_process_id(process_id)
         if reason not in _DEFERRED_STOPS:
             raise ValueError(f"reason must be one of {_DEFERRED_STOPS}, not {reason!r}")
         self._ensure_engine()
         row = self.store.get(process_id)
-        if row is None or row["status"] in FINAL:
+        if row is None or row["status"] in FINAL or (run_tag is not None and row["run_tag"] != run_tag):
             return False
         if row["status"] == "queued" and self._stop_queued(process_id):
             return True
-        if not self.store.update(process_id, expect_status=["running"], stop_requested=reason):
+        if row["stop_requested"] is not None:
+            return True  # already being stopped (a timeout, a stop): keep its reason
+        started = [s for s in ACTIVE if s != "queued"]
+        if not self.store.update(process_id, expect_status=started, stop_requested=reason):
             return False  # it ended meanwhile
         t.cast(Watcher, self._watcher).request_tick()  # the tick begins the stop (see tick)
         return True

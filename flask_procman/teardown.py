@@ -55,8 +55,9 @@ class BoundProcesses:
     """The processes bound to one app context."""
 
     manager: Manager
-    #: process id -> whether the stop waits for the end (False when bound inside a request).
-    waits: dict[str, bool] = dataclasses.field(default_factory=dict)
+    #: process id -> (its run tag: that start only, not a later one reusing the id; whether the
+    #: stop waits for the end, False when bound inside a request).
+    runs: dict[str, tuple[str | None, bool]] = dataclasses.field(default_factory=dict)
 
 
 def check_bindable(app: Flask) -> None:
@@ -69,24 +70,24 @@ def check_bindable(app: Flask) -> None:
         )
 
 
-def bind_to_context(manager: Manager, process_id: str) -> None:
+def bind_to_context(manager: Manager, process_id: str, run_tag: str | None) -> None:
     """Bind a process just started (or queued) to the current app context."""
     bound: BoundProcesses | None = g.get(_G_NAME)
     if bound is None:
         bound = BoundProcesses(manager)
         setattr(g, _G_NAME, bound)
-    bound.waits[process_id] = not has_request_context()
+    bound.runs[process_id] = (run_tag, not has_request_context())
 
 
 def stop_bound(bound: BoundProcesses | None) -> None:
     """Stop the processes of ``bound`` (see the module docstring); never raises, logs failures."""
-    if bound is None or not bound.waits:
+    if bound is None or not bound.runs:
         return
     manager = bound.manager
     waiting: list[str] = []
-    for process_id, waits in bound.waits.items():
+    for process_id, (run_tag, waits) in bound.runs.items():
         try:
-            if manager.request_stop(process_id, reason=TEARDOWN_REASON) and waits:
+            if manager.request_stop(process_id, reason=TEARDOWN_REASON, run_tag=run_tag) and waits:
                 waiting.append(process_id)
         except Exception:
             log.exception("procman: could not stop %s at teardown", process_id)

@@ -164,6 +164,17 @@ def test_a_bound_process_that_ended_by_itself_keeps_its_record(make_app: AppFact
     assert final["status"] == "completed" and final["return_code"] == 3
 
 
+def test_a_later_start_reusing_the_id_is_not_bound(make_app: AppFactory) -> None:
+    """The binding is to the run, not the id: a finished process's id may be started again."""
+    app = make_app()
+    procman = extension(app)
+    with app.app_context():
+        procman.start_process("reused", py("pass"), stop_on_teardown=True)
+        procman.wait("reused", timeout=10)
+        procman.start_process("reused", SLEEP)  # replaces the finished record, unbound
+    assert present(manager_of(app).get_process_status("reused"))["status"] == "running"
+
+
 def test_binding_needs_an_app_context_of_the_app(make_app: AppFactory) -> None:
     app = make_app()
     other = make_app("other", PROCMAN_DATABASE_URI="sqlite://", PROCMAN_LOG_DIR=app.config["PROCMAN_LOG_DIR"] + "2")

@@ -72,8 +72,8 @@ def all_dead(pids: t.Sequence[int]) -> bool:
     return not any(alive(p) for p in pids)
 
 
-def test_a_request_stops_its_bound_tree_and_nothing_else(make_app: AppFactory) -> None:
-    app = make_app()
+def test_a_request_stops_its_bound_tree_and_nothing_else(make_app: AppFactory, database_uri: str) -> None:
+    app = make_app(PROCMAN_DATABASE_URI=database_uri)
     procman = extension(app)
     manager = manager_of(app)
     trees: dict[str, list[int]] = {}

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import config as config_module
+from . import teardown
 from .facade import EXTENSION_KEY, ManagerFacade, manager_for
 from .manager import CompletionCallback, Manager
 from .programs import Program, make_program
@@ -55,7 +56,9 @@ class ProcMan(ManagerFacade):
         return self._table
 
     def init_app(self, app: Flask) -> None:
-        """Register on ``app``: config defaults and validation, the blueprint, the CLI group.
+        """Register on ``app``: config defaults and validation, the blueprint, the CLI group, and the
+        teardown that stops the processes started with ``stop_on_teardown=True`` when their app
+        context ends (and only those: it runs after every request).
 
         Pure setup: no thread, no database connection, no process is touched (it also runs in
         every ``flask`` command, the reloader's parent and a ``--preload`` master). The engine
@@ -71,6 +74,7 @@ class ProcMan(ManagerFacade):
         for name, spec in app.config[config_module.ConfigKeys.PROGRAMS].items():
             make_program(name, spec)  # fail at init_app, naming the program
         app.extensions[EXTENSION_KEY] = Manager(app, settings, self, db=self._db, table=self._table)
+        teardown.register(app)
         if settings.api_enabled:
             from .api import register_blueprint
 
@@ -137,6 +141,7 @@ class ProcMan(ManagerFacade):
         """Stop the manager's watcher and, when ``PROCMAN_STOP_ON_EXIT`` is true, the processes it owns.
 
         Runs by itself at interpreter exit (``atexit``); call it from gunicorn's ``worker_exit`` hook
-        or your own shutdown code. Never from ``teardown_appcontext`` (that runs after every request).
+        or your own shutdown code. Never from ``teardown_appcontext`` (that runs after every request);
+        for a process that must end with its request or CLI command, use ``stop_on_teardown=True``.
         """
         manager_for(app).shutdown()

@@ -53,6 +53,7 @@ class ManagerFacade:
         merge_stderr: bool = False,
         metadata: t.Mapping[str, t.Any] | None = None,
         handler: str | None = None,
+        stop_on_teardown: bool = False,
     ) -> bool:
         """Start ``cmd`` (a list of strings; never a shell) as process ``process_id``.
 
@@ -69,12 +70,18 @@ class ManagerFacade:
         :param metadata: JSON-serialisable data kept with the record.
         :param handler: name of a durable handler registered with ``@procman.on_complete(name)``;
             it runs once in the whole deployment, in whichever worker records the end.
+        :param stop_on_teardown: bind it to the current app context: when that context ends (the
+            request, the CLI command, the ``with app.app_context():`` block) the whole tree is
+            stopped and recorded ``stopped`` ("stopped at teardown"); queued, it leaves the queue.
+            A streamed response keeps it until the response is closed (stream done or client gone).
+            In a request the teardown only signals (the watcher sends SIGKILL after
+            ``PROCMAN_STOP_TIMEOUT``); elsewhere it waits for the end. Needs an app context.
         :return: True when started (or queued); False when the cap is reached and ``queue`` is False.
         :raises InvalidProcessId, InvalidCommand, ProcessExists, StartError, UnknownHandler, StoreUnavailable:
         """
         return self.get_manager().start_process(
             process_id, cmd, cwd, env, on_complete, timeout=timeout, queue=queue,
-            merge_stderr=merge_stderr, metadata=metadata, handler=handler,
+            merge_stderr=merge_stderr, metadata=metadata, handler=handler, stop_on_teardown=stop_on_teardown,
         )
 
     def get_process_status(self, process_id: str) -> dict[str, t.Any] | None:

@@ -27,6 +27,7 @@ from .engine.watcher import Watcher
 from .programs import Program, make_program
 from .signals import process_finished, process_started
 from .store import ACTIVE, FINAL, Store, create_own_engine, make_table, utcnow
+from .teardown import TEARDOWN_REASON, bind_to_context, check_bindable
 from .validation import check_cmd, check_cwd, check_env, check_metadata, check_process_id, check_seconds
 
 if t.TYPE_CHECKING:
@@ -42,6 +43,8 @@ CompletionCallback = t.Callable[[str, int | None], t.Any]
 
 DEFAULT_READ_LIMIT = 1 * MIB
 _CALLBACK_THREADS = 2
+#: ``stop_requested`` values the owner's watcher carries out without anyone waiting (see tick).
+_DEFERRED_STOPS = ("stop-request", TEARDOWN_REASON)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -223,8 +226,11 @@ class Manager:
         metadata: t.Mapping[str, t.Any] | None = None,
         handler: str | None = None,
         program: str | None = None,
+        stop_on_teardown: bool = False,
     ) -> bool:
         """Start ``cmd``; see :meth:`flask_procman.ProcMan.start_process`."""
+        if stop_on_teardown:
+            check_bindable(self.app)  # before anything starts: no process the teardown could miss
         process_id = check_process_id(process_id)
         argv = check_cmd(cmd)
         overrides = check_env(env)
@@ -282,6 +288,8 @@ class Manager:
             raise errors.StartError(failures[0])
         if on_complete is not None:
             self._callbacks[process_id] = on_complete
+        if stop_on_teardown:
+            bind_to_context(self, process_id, str(record["run_tag"]))
         if status == "queued":
             t.cast(Watcher, self._watcher).request_tick()
             return True
@@ -463,6 +471,28 @@ class Manager:
         self._dispatch_end(process_id, won=True)
         return True
 
+    def request_stop(self, process_id: str, *, reason: str = "stop-request", run_tag: str | None = None) -> bool:
+        """Stop without waiting: a queued process leaves the queue; a running one is marked with
+        ``reason`` and its owner's watcher sends SIGTERM to the whole tree at once, SIGKILL after
+        ``PROCMAN_STOP_TIMEOUT``, and records it ``stopped``. True if it was queued or running
+        (or already being stopped). ``run_tag``: only that run, not a later start with the same id."""
+        process_id = check_process_id(process_id)
+        if reason not in _DEFERRED_STOPS:
+            raise ValueError(f"reason must be one of {_DEFERRED_STOPS}, not {reason!r}")
+        self._ensure_engine()
+        row = self.store.get(process_id)
+        if row is None or row["status"] in FINAL or (run_tag is not None and row["run_tag"] != run_tag):
+            return False
+        if row["status"] == "queued" and self._stop_queued(process_id):
+            return True
+        if row["stop_requested"] is not None:
+            return True  # already being stopped (a timeout, a stop): keep its reason
+        started = [s for s in ACTIVE if s != "queued"]
+        if not self.store.update(process_id, expect_status=started, stop_requested=reason):
+            return False  # it ended meanwhile
+        t.cast(Watcher, self._watcher).request_tick()  # the tick begins the stop (see tick)
+        return True
+
     def _stop_running(self, process_ids: t.Sequence[str], grace: float) -> list[str]:
         """Stop running processes together; returns the ids that ended."""
         targets: dict[str, dict[str, t.Any]] = {}
@@ -615,6 +645,8 @@ class Manager:
                 "owner": self._owner or row["owner"],
                 "handler_state": "pending" if row["handler"] else None,
             }
+            if reason == TEARDOWN_REASON:
+                values["error"] = error = "stopped at teardown"  # its context ended (stop_on_teardown)
             if survivors:
                 values["survivors"] = survivors
                 values["error"] = (error or "") + f"\nstill alive after SIGKILL: {survivors}"
@@ -695,7 +727,7 @@ class Manager:
         for row in rows:
             if row["status"] != "running" or row["owner"] != self._owner:
                 continue
-            if row["stop_requested"] == "stop-request":  # asked from another host
+            if row["stop_requested"] in _DEFERRED_STOPS:  # asked from another host, or by request_stop
                 watcher.begin_stop(row["id"])
         if self._cli_mode:
             return

@@ -413,14 +413,30 @@ def list_programs() -> Response:
     return _json({"programs": [p.describe() for p in programs.values()]})
 
 
+def _read_body(limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``limit`` bytes.
+
+    Read in bounded chunks, so a chunked body (no Content-Length) is never held whole: the server
+    discards the rest (werkzeug) or closes the connection (gunicorn's sync worker).
+    """
+    too_large = ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+
+
 def _start_body() -> dict[str, t.Any]:
     """The validated start body; every wrong type is a 400 (``null`` only means "absent" for process_id)."""
-    limit = _settings().api_max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
-    raw = request.get_data(cache=True)
-    if len(raw) > limit:
-        raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
+    raw = _read_body(_settings().api_max_body)
     try:
         body = json.loads(raw) if raw.strip() else {}  # no body: every field takes its default
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting

@@ -257,15 +257,16 @@ def _text_chunk(data: bytes, final: bool) -> bytes:
 
 
 @bp.get("/api/processes/<process_id>/output")
+@bp.get("/api/processes/<process_id>/output/raw", defaults={"raw": True})  # its own operation: bytes
 @_action("read")
-def read_output(process_id: str) -> Response:
+def read_output(process_id: str, raw: bool = False) -> Response:
     """Output by byte offset: JSON text (whole characters only) or the raw bytes."""
     manager = _manager()
     process_id = _check_process_id(process_id)
     stream = request.args.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "bad_request", "'stream' must be 'stdout' or 'stderr'.")
-    fmt = request.args.get("format", "json")
+    fmt = "raw" if raw else request.args.get("format", "json")
     if fmt not in ("json", "raw"):
         raise ApiError(400, "bad_request", "'format' must be 'json' or 'raw'.")
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)

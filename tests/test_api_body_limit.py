@@ -35,15 +35,16 @@ def _peak_rss(pids: t.Iterable[int]) -> int:
     return peak
 
 
-@pytest.fixture(params=["gunicorn", "werkzeug"])
+@pytest.fixture(params=["gunicorn", "gunicorn-threads", "werkzeug"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[tuple[int, psutil.Process]]:
-    """A real server running tests/workerapp.py (one gunicorn sync worker, or werkzeug's threaded server)."""
+    """A real server running tests/workerapp.py: one gunicorn worker (sync or threaded), or werkzeug's."""
     port = free_port()
     env = {**os.environ, "WORKER_INSTANCE": str(tmp_path / "instance"), "WORKER_LOGS": str(tmp_path / "logs"),
            "WORKER_TOKEN": TOKEN}
-    if request.param == "gunicorn":
-        cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"127.0.0.1:{port}", *no_control_socket(),
-               "workerapp:create_app()"]
+    if request.param.startswith("gunicorn"):
+        threads = ["--threads", "4"] if request.param == "gunicorn-threads" else []  # gthread: keep-alive
+        cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", *threads, "--bind", f"127.0.0.1:{port}",
+               *no_control_socket(), "workerapp:create_app()"]
     else:
         cmd = [sys.executable, "-c", "from werkzeug.serving import run_simple; from workerapp import create_app; "
                f"run_simple('127.0.0.1', {port}, create_app(), threaded=True)"]

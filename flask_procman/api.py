@@ -256,8 +256,14 @@ def _text_chunk(data: bytes, final: bool) -> bytes:
     return data[:_utf8_complete(data)]
 
 
+@bp.get("/api/processes/<process_id>/output/raw")
+@_action("read")
+def read_output_raw(process_id: str) -> Response:
+    """``output?format=raw`` as its own operation: a generated client reads one content type per operation."""
+    return t.cast(Response, read_output(process_id, raw=True))
+
+
 @bp.get("/api/processes/<process_id>/output")
-@bp.get("/api/processes/<process_id>/output/raw", defaults={"raw": True})  # its own operation: bytes
 @_action("read")
 def read_output(process_id: str, raw: bool = False) -> Response:
     """Output by byte offset: JSON text (whole characters only) or the raw bytes."""

@@ -423,8 +423,8 @@ def list_programs() -> Response:
 def _read_body(limit: int) -> bytes:
     """The request body, refused with a 413 as soon as it passes ``limit`` bytes.
 
-    Read in bounded chunks, so a chunked body (no Content-Length) is never held whole: the server
-    discards the rest (werkzeug) or closes the connection (gunicorn's sync worker).
+    Read in bounded chunks, so a chunked body (no Content-Length) is never held whole; after the 413
+    the server discards the rest without keeping it (werkzeug) or closes the connection (gunicorn).
     """
     too_large = ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
     if request.content_length is not None and request.content_length > limit:

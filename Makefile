@@ -4,8 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 5000
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench lint dist clean
 
+# Editable, so the suite and its subprocesses (flask --app, gunicorn, run from the checkout) all
+# see the same code; the package as users get it (wheel + sdist, fresh venv) is proven by
+# tests/test_packaging.py inside `make test`.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -34,5 +37,11 @@ lint: $(VENV)/.installed
 	$(PY) -m mypy
 	$(PY) -m ruff check flask_procman tests example_app bench
 
+## dist: build the sdist and the wheel into dist/ and check them with twine
+dist: $(VENV)/.installed
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache tests/artifacts
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache tests/artifacts

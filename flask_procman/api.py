@@ -256,16 +256,23 @@ def _text_chunk(data: bytes, final: bool) -> bytes:
     return data[:_utf8_complete(data)]
 
 
+@bp.get("/api/processes/<process_id>/output/raw")
+@_action("read")
+def read_output_raw(process_id: str) -> Response:
+    """``output?format=raw`` as its own operation: a generated client reads one content type per operation."""
+    return t.cast(Response, read_output(process_id, raw=True))
+
+
 @bp.get("/api/processes/<process_id>/output")
 @_action("read")
-def read_output(process_id: str) -> Response:
+def read_output(process_id: str, raw: bool = False) -> Response:
     """Output by byte offset: JSON text (whole characters only) or the raw bytes."""
     manager = _manager()
     process_id = _check_process_id(process_id)
     stream = request.args.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ApiError(400, "bad_request", "'stream' must be 'stdout' or 'stderr'.")
-    fmt = request.args.get("format", "json")
+    fmt = "raw" if raw else request.args.get("format", "json")
     if fmt not in ("json", "raw"):
         raise ApiError(400, "bad_request", "'format' must be 'json' or 'raw'.")
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
@@ -413,14 +420,30 @@ def list_programs() -> Response:
     return _json({"programs": [p.describe() for p in programs.values()]})
 
 
+def _read_body(limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``limit`` bytes.
+
+    Read in bounded chunks, so a chunked body (no Content-Length) is never held whole; after the 413
+    the server discards the rest without keeping it (werkzeug) or closes the connection (gunicorn).
+    """
+    too_large = ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = request.stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+
+
 def _start_body() -> dict[str, t.Any]:
     """The validated start body; every wrong type is a 400 (``null`` only means "absent" for process_id)."""
-    limit = _settings().api_max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
-    raw = request.get_data(cache=True)
-    if len(raw) > limit:
-        raise ApiError(413, "too_large", f"The body is larger than {limit} bytes.")
+    raw = _read_body(_settings().api_max_body)
     try:
         body = json.loads(raw) if raw.strip() else {}  # no body: every field takes its default
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting

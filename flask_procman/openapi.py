@@ -32,6 +32,18 @@ def _event(*names: str, content: dict[str, t.Any]) -> dict[str, t.Any]:
             "then": {"properties": {"data": {"contentMediaType": "application/json", "contentSchema": content}}}}
 
 
+EVENTS_DESCRIPTION = """A Server-Sent Events stream (read it as a stream: it stays open while the process runs).
+
+Events, each with `id: <stdout offset>:<stderr offset>` (the byte offsets after it, to resume with
+Last-Event-ID) and JSON in `data`:
+- `stdout`, `stderr`: `{"data": text, "offset": n, "next_offset": m}`, a chunk of output;
+- `status`: the Process, when its status changes;
+- `end`: the final Process, once, then the stream closes (`{"id", "status": "removed"}` if the
+  record went away).
+The stream starts with `retry: 2000`; comment lines (`: keepalive`) keep idle connections open.
+The Event schema describes one event."""
+
+
 def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.Any]:
     """The document for an API mounted at ``prefix`` (e.g. ``/procman``) whose app declares ``programs``."""
     pid = {"name": "process_id", "in": "path", "required": True,
@@ -39,6 +51,20 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
     auth_errors = (401, 403, 503)  # 503 too: every answer past the access check may need the database
     status_ref = {"$ref": "#/components/schemas/Process"}
     nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    raw_bytes = {"schema": {"type": "string", "format": "binary"}}
+    output_params = [
+        pid,
+        {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
+        {"name": "offset", "in": "query", "description": "Byte offset to read from",
+         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
+        {"name": "limit", "in": "query", "description": "Bytes to read at most (JSON text may carry up "
+         "to 3 more, to send one whole character when the limit is smaller than it)",
+         "schema": {"type": "integer", "minimum": 0, "maximum": 4194304}},
+    ]
+    # Open strings, not enums: a client generated today must not reject a program or a status added later.
+    names = ", ".join(sorted(programs)) or "none yet"
+    program_name: dict[str, t.Any] = {"type": "string", "description": f"A declared program: {names}",
+                                      **({"examples": sorted(programs)} if programs else {})}
     paths: dict[str, t.Any] = {
         "/api/health": {"get": {
             "summary": "Liveness and counts (open, reveals counts only)", "operationId": "health", "security": [],
@@ -71,16 +97,10 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
         },
         "/api/processes/{process_id}/output": {"get": {
             "summary": "Read output by byte offset (non-destructive)", "operationId": "readOutput",
-            "parameters": [
-                pid,
-                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
-                {"name": "offset", "in": "query", "description": "Byte offset to read from",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
-                {"name": "limit", "in": "query", "description": "Bytes to read at most (JSON text may carry up "
-                 "to 3 more, to send one whole character when the limit is smaller than it)",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 4194304}},
-                {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "raw"]}},
-            ],
+            "description": "JSON text. format=raw answers the bytes (application/octet-stream) as readOutputRaw "
+                           "does; a generated client should call that operation for bytes.",
+            "parameters": [*output_params,
+                           {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "raw"]}}],
             "responses": {
                 "200": {"description": "A chunk of output: JSON text (invalid UTF-8 replaced, never a split "
                                        "character) or, with format=raw, the bytes",
@@ -91,8 +111,19 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                         "type": "object", "required": ["data", "offset", "next_offset", "ended"],
                         "properties": {"data": {"type": "string"}, "offset": {"type": "integer"},
                                        "next_offset": {"type": "integer"}, "ended": {"type": "boolean"}}}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": raw_bytes,
                 }},
+                **_error_responses(400, *auth_errors, 404),
+            },
+        }},
+        "/api/processes/{process_id}/output/raw": {"get": {
+            "summary": "Read output bytes by offset, as they were written (non-destructive)",
+            "operationId": "readOutputRaw", "parameters": output_params,
+            "responses": {
+                "200": {"description": "The bytes (any bytes: output is not necessarily UTF-8)",
+                        "headers": {"X-Next-Offset": {"description": "The offset to read next",
+                                                      "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+                        "content": {"application/octet-stream": raw_bytes}},
                 **_error_responses(400, *auth_errors, 404),
             },
         }},
@@ -105,10 +136,12 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                            {"name": "last_event_id", "in": "query", "required": False,
                             "description": "The same, for clients that cannot set headers (the header wins)",
                             "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}}],
-            "responses": {"200": {"description": "An event stream; the schema describes each event (as in "
-                                                 "OpenAPI 3.2's itemSchema): stdout and stderr chunks, status on "
-                                                 "change, one final end (status 'removed' if the record went away)",
-                                  "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Event"}}}},
+            "responses": {"200": {"description": EVENTS_DESCRIPTION,
+                                  "content": {"text/event-stream": {
+                                      # The body is text (what generated clients read); each event's schema
+                                      # is OpenAPI 3.2's itemSchema, an extension in 3.1.
+                                      "schema": {"type": "string", "contentMediaType": "text/event-stream"},
+                                      "x-itemSchema": {"$ref": "#/components/schemas/Event"}}}},
                           **_error_responses(400, *auth_errors, 404)},
         }},
         "/api/processes/{process_id}/stop": {"post": {
@@ -127,8 +160,7 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
         "/api/programs/{name}/start": {"post": {
             "summary": "Start a declared program", "operationId": "startProgram",
             "parameters": [{"name": "name", "in": "path", "required": True,
-                            "description": "A declared program (any other name is a 404)",
-                            "schema": {"type": "string", "enum": sorted(programs)} if programs else {"type": "string"}}],
+                            "description": "A declared program (any other name is a 404)", "schema": program_name}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False, "properties": {
                     "process_id": {"type": ["string", "null"], "pattern": f"^{PROCESS_ID_RE.pattern}$",
@@ -195,7 +227,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "cwd": {"type": ["string", "null"]}, "timeout": {"type": ["number", "null"]},
                     "allow_args": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}}}},
                 "Process": {"type": "object", "required": ["id", "status", "cmd"], "properties": {
-                    "id": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)},
+                    "id": {"type": "string"}, "status": {"type": "string", "examples": list(STATUSES),
+                                                         "description": "One of " + ", ".join(STATUSES)},
                     "return_code": {"type": ["integer", "null"]}, "pid": {"type": ["integer", "null"]},
                     "cmd": {"type": "array", "items": {"type": "string"}}, "cwd": {"type": ["string", "null"]},
                     "program": {"type": ["string", "null"]}, "handler": {"type": ["string", "null"]},

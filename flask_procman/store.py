@@ -29,7 +29,12 @@ def utcnow() -> dt.datetime:
 
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on every database (SQLite stores them naive)."""
+    """Timezone-aware UTC datetimes on every database (SQLite stores them naive).
+
+    Only the store's queries use it (see :func:`with_utc_times`): the table in an app's metadata
+    has plain ``DateTime(timezone=True)`` columns, so a migration Alembic generates from it needs
+    nothing from this package.
+    """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -66,15 +71,27 @@ def make_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("pid_started", sa.Float),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("owner", sa.String(255)),
-        sa.Column("created_at", UTCDateTime, nullable=False, index=True),
-        sa.Column("started_at", UTCDateTime),
-        sa.Column("finished_at", UTCDateTime),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("started_at", sa.DateTime(timezone=True)),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
         sa.Column("stop_requested", sa.String(16)),
         sa.Column("error", sa.Text),
         sa.Column("survivors", sa.JSON),
         sa.Column("handler_state", sa.String(16)),
         sa.Column("run_tag", sa.String(64)),  # PROCMAN_RUN_TAG of the run (engine/runtag.py)
     )
+
+
+def with_utc_times(table: sa.Table) -> sa.Table:
+    """``table`` again, for queries only (DDL uses ``table``), whose timestamps are written and read
+    as aware UTC on every database."""
+    copy = sa.Table(table.name, sa.MetaData(), schema=table.schema)
+    for column in table.columns:
+        kind = UTCDateTime() if isinstance(column.type, sa.DateTime) else column.type
+        default: list[t.Any] = [column.default._copy()] if isinstance(column.default, sa.ColumnDefault) else []
+        copy.append_column(sa.Column(column.name, kind, *default, primary_key=column.primary_key,
+                                     nullable=column.nullable))
+    return copy
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -121,7 +138,8 @@ class Store:
 
     def __init__(self, engine: Engine, table: sa.Table, *, owns_table: bool) -> None:
         self.engine = engine
-        self.table = table
+        self.defined_table = table  # what create_all, Alembic and our own CREATE TABLE see
+        self.table = with_utc_times(table)
         self.owns_table = owns_table
         self._checked = False
         self._create_lock = threading.Lock()
@@ -148,7 +166,7 @@ class Store:
                 with conn, conn.begin():
                     if self.engine.dialect.name == "postgresql":
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
-                    self.table.create(conn, checkfirst=True)
+                    self.defined_table.create(conn, checkfirst=True)
             elif not sa.inspect(self.engine).has_table(TABLE_NAME):
                 raise StoreUnavailable(
                     f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "

@@ -4,12 +4,16 @@ and by the real ``flask`` CLI, and in process with pytest-flask's client (the se
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import typing as t
 from pathlib import Path
 
@@ -17,15 +21,21 @@ import psutil
 import pytest
 import requests
 import sqlalchemy as sa
-from conftest import free_port, no_control_socket, wait_until
+from conftest import free_port, no_control_socket, present, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
 
 from example_app import TOKEN_FILE, create_app  # importable from the checkout: pytest's pythonpath
 from example_app.models import EvaluateInfo, ModelInfo, db, seed_models
-from example_app.service import EvaluateService, EvaluationStartError
+from example_app.service import EvaluateService, EvaluationStartError, describe_failure
+from example_app.views import format_duration
+
+if t.TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
 
 BIN = Path(sys.executable).parent
 FINAL = ("COMPLETED", "FAILED")
@@ -221,7 +231,9 @@ def test_an_evaluation_completes_and_stores_its_metrics(server: Server, http: re
     # The page's live log, read while it runs: the events stream of an evaluation is public (no token).
     log = read_events(f"{server.url}/procman/api/processes/{uid}/events")
     assert "event: stdout" in log and "progress 200/200" in log and "done" in log
-    assert "event: stderr" in log and "no held-out split" in log
+    # stderr goes into the same file (merge_stderr): one stream, in the order the script wrote it.
+    assert "event: stderr" not in log and "no held-out split" in log
+    assert log.index("no held-out split") < log.index("evaluating model") < log.index("progress 200/200")
     final = wait_final(server, http, uid)
     assert final["status"] == "COMPLETED", final
     assert final["error"] is None
@@ -237,7 +249,10 @@ def test_an_evaluation_completes_and_stores_its_metrics(server: Server, http: re
     assert 'data-status="COMPLETED"' in page.text and "<h2>Metrics</h2>" in page.text
     assert 'data-metric="accuracy"' in page.text and "/procman/static/procman/stream.js" in page.text
     listed = http.get(server.url + "/evaluations.json", timeout=10).json()
-    assert {"uuid": uid, "status": "COMPLETED"}.items() <= next(e for e in listed if e["uuid"] == uid).items()
+    summary = next(e for e in listed if e["uuid"] == uid)
+    assert {"uuid": uid, "status": "COMPLETED"}.items() <= summary.items()
+    assert 1.0 <= summary["duration"] < 20
+    assert dt.datetime.fromisoformat(summary["started_at"]) >= dt.datetime.fromisoformat(summary["created_at"])
     assert uid in http.get(server.url + "/", timeout=10).text
 
     # Reading an evaluation's process needs no token; other processes and other actions do.
@@ -253,6 +268,7 @@ def test_a_failing_evaluation_becomes_failed_with_its_error(server: Server, http
     assert final["status"] == "FAILED", final
     assert final["metrics"] is None
     assert "exit status 1" in final["error"] and "simulated failure" in final["error"]
+    assert "progress" not in final["error"]  # from the traceback on: the progress lines are in the log
     assert final["process"]["status"] == "completed" and final["process"]["return_code"] == 1
 
 
@@ -432,3 +448,351 @@ def test_the_evaluation_page_streams_its_log_then_shows_the_metrics(server: Serv
             assert "exit status 0" in (page.text_content("#live-log-state") or "")
         finally:
             browser.close()
+
+
+# ==================================================================== retry, delete, CSRF, icons ==
+def form_token(client: FlaskClient, path: str = "/evaluations/new") -> str:
+    """The CSRF token a page's forms carry (Flask-WTF's, bound to this client's session)."""
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match is not None, page
+    return match.group(1)
+
+
+def row_of(uid: str) -> EvaluateInfo | None:
+    db.session.rollback()
+    db.session.expire_all()
+    return db.session.get(EvaluateInfo, uid)
+
+
+def test_a_not_started_evaluation_can_be_retried_and_deleted(app: Flask, client: FlaskClient) -> None:
+    """Issue 9: an evaluation refused at the cap stayed NOT_STARTED for ever, with no way out."""
+    with app.app_context():
+        uid = add_evaluation(duration=0.2)  # NOT_STARTED: never started
+        other = add_evaluation(duration=0.2)
+    page = client.get(f"/evaluations/{uid}").get_data(as_text=True)
+    assert 'id="retry-form"' in page and 'id="delete-form"' in page and 'id="stop-form"' not in page
+    token = form_token(client, f"/evaluations/{uid}")
+
+    # Without the form's token: refused, nothing happens.
+    for action in ("retry", "delete"):
+        refused = client.post(f"/evaluations/{uid}/{action}", data={})
+        assert refused.status_code == 400 and "CSRF token is missing" in refused.get_data(as_text=True)
+        forged = client.post(f"/evaluations/{uid}/{action}", data={"csrf_token": "forged"})
+        assert forged.status_code == 400
+    with app.app_context():
+        assert fresh_status(uid) == "NOT_STARTED"
+
+    retried = client.post(f"/evaluations/{uid}/retry", data={"csrf_token": token})
+    assert retried.status_code == 303 and retried.headers["Location"].endswith(f"/evaluations/{uid}")
+    with app.app_context():
+        assert fresh_status(uid) in ("IN_PROGRESS", "COMPLETED")
+        EvaluateService._process_manager.wait(uid, timeout=20)
+        wait_until(lambda: fresh_status(uid) == "COMPLETED", timeout=10, message="the handler to finish")
+    # A completed evaluation is not started again; a running one is not deleted (see below).
+    again = client.post(f"/evaluations/{uid}/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert "cannot be started again" in again.get_data(as_text=True)
+
+    outputs = Path(app.config["EVALUATION_OUTPUT_DIR"]) / uid
+    assert (outputs / "metrics.json").is_file()
+    deleted = client.post(f"/evaluations/{uid}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 303 and deleted.headers["Location"].endswith("/")
+    with app.app_context():
+        assert row_of(uid) is None and row_of(other) is not None
+        assert EvaluateService.process_status(uid) is None  # the process record and log went too
+    assert not outputs.exists()
+    assert client.get(f"/evaluations/{uid}").status_code == 404
+    assert client.post(f"/evaluations/{uid}/delete", data={"csrf_token": token}).status_code == 404
+
+    never = client.post(f"/evaluations/{other}/delete", data={"csrf_token": token})  # never had a process
+    assert never.status_code == 303
+    with app.app_context():
+        assert row_of(other) is None
+
+
+def test_a_running_evaluation_is_not_deleted_and_not_started_twice(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        uid = add_evaluation(duration=60)
+        EvaluateService.run_evaluate(uid)
+    token = form_token(client)
+    page = client.get(f"/evaluations/{uid}").get_data(as_text=True)
+    assert 'id="stop-form"' in page and 'id="retry-form"' not in page and 'id="delete-form"' not in page
+
+    refused = client.post(f"/evaluations/{uid}/delete", data={"csrf_token": token}, follow_redirects=True)
+    assert "stop it before deleting it" in refused.get_data(as_text=True)
+    twice = client.post(f"/evaluations/{uid}/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert "cannot be started again" in twice.get_data(as_text=True)
+    with app.app_context():
+        assert fresh_status(uid) == "IN_PROGRESS"  # not put back to NOT_STARTED by the refused start
+        process = present(EvaluateService.process_status(uid))
+        assert process["status"] == "running"
+        assert EvaluateService.stop_evaluate(uid)
+        wait_until(lambda: fresh_status(uid) == "FAILED", timeout=10, message="the handler to record the stop")
+    # FAILED: it may be retried and deleted now.
+    page = client.get(f"/evaluations/{uid}").get_data(as_text=True)
+    assert 'id="retry-form"' in page and ">Retry<" in page and 'id="delete-form"' in page
+
+
+def test_two_retries_at_once_start_one_process(app: Flask) -> None:
+    """The claim is a compare-and-set: the loser neither starts a second run nor resets the row."""
+    with app.app_context():
+        uid = add_evaluation(duration=30)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def retry() -> None:
+        with app.app_context():
+            barrier.wait(timeout=10)
+            try:
+                EvaluateService.run_evaluate(uid)
+                outcomes.append("started")
+            except EvaluationStartError as exc:
+                outcomes.append(str(exc))
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes)[-1] == "started" and "cannot be started again" in sorted(outcomes)[0], outcomes
+    with app.app_context():
+        assert fresh_status(uid) == "IN_PROGRESS"
+        assert present(EvaluateService.process_status(uid))["status"] == "running"
+
+
+def test_csrf_protect_guards_the_forms_but_not_the_procman_api(app: Flask, client: FlaskClient) -> None:
+    """Flask-WTF's CSRFProtect checks every form; the procman API keeps its own rule (token or header)."""
+    assert app.extensions["csrf"] is not None
+    with app.app_context():
+        uid = add_evaluation(duration=60)
+        EvaluateService.run_evaluate(uid)
+    refused = client.post(f"/evaluations/{uid}/stop", data={})
+    assert refused.status_code == 400 and "CSRF token is missing" in refused.get_data(as_text=True)
+    token = app.config["PROCMAN_API_TOKEN"]
+    stopped = client.post(f"/procman/api/processes/{uid}/stop", headers={"Authorization": f"Bearer {token}"})
+    assert stopped.status_code == 200, stopped.get_data(as_text=True)
+    with app.app_context():
+        wait_until(lambda: fresh_status(uid) == "FAILED", timeout=10, message="the handler to record the stop")
+
+
+def test_the_favicon_is_served(client: FlaskClient) -> None:
+    with client.get("/favicon.ico") as icon:  # a file response: closed, or its file is left open
+        assert icon.status_code == 200 and icon.mimetype == "image/svg+xml" and b"<svg" in icon.data
+    assert 'rel="icon"' in client.get("/").get_data(as_text=True)
+
+
+def test_durations_on_the_list_and_the_page(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        running = add_evaluation(duration=60)
+        EvaluateService.run_evaluate(running)
+        waiting = add_evaluation()
+    listed = {e["uuid"]: e for e in client.get("/evaluations.json").get_json()}
+    assert listed[waiting]["duration"] is None and listed[waiting]["started_at"] is None
+    assert listed[running]["duration"] >= 0 and listed[running]["started_at"]
+    rows = client.get("/evaluations/rows").get_data(as_text=True)
+    live = re.search(rf'data-uuid="{running}".*?<td class="col-duration">(.*?)</td>', rows, re.S)
+    assert live is not None and 'data-live="true"' in live.group(1) and re.search(r">\d+ s<", live.group(1))
+    page = client.get(f"/evaluations/{running}").get_data(as_text=True)
+    assert re.search(r'id="evaluation-duration" data-seconds="[\d.]+" data-live="true">\d+ s<', page), page
+    assert "<dt>Started</dt>" in page
+
+
+def test_a_failure_is_described_by_the_scripts_last_words() -> None:
+    tail = "".join(f"progress {i}\n" for i in range(20))
+    with_traceback = tail + "Traceback (most recent call last):\n  File x\nRuntimeError: boom\nevaluate: failed\n"
+    assert describe_failure("completed", 1, {"error": with_traceback}) == (
+        "The evaluation script failed (exit status 1).\n\n"
+        "Traceback (most recent call last):\n  File x\nRuntimeError: boom\nevaluate: failed")
+    stopped = describe_failure("stopped", -15, {"error": tail + "evaluate: received SIGTERM, stopping\n"})
+    assert stopped.endswith("progress 19\nevaluate: received SIGTERM, stopping") and "progress 14" not in stopped
+    assert describe_failure("lost", None, None).startswith("The evaluation process was lost")
+
+
+@pytest.mark.parametrize(("seconds", "live", "text"), [
+    (None, False, "—"), (0.04, False, "0.0 s"), (4.25, False, "4.2 s"), (4.9, True, "4 s"),
+    (59.96, False, "1 min 00 s"), (59.96, True, "59 s"), (187.4, False, "3 min 07 s"), (186.5, False, "3 min 07 s"),
+    (3600, True, "1 h 00 min"), (3 * 3600 + 5 * 60 + 9, False, "3 h 05 min"),
+])
+def test_duration_format(seconds: float | None, live: bool, text: str) -> None:
+    assert format_duration(seconds, live) == text
+
+
+def test_make_demo_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
+    """Issue 9: a busy port ended in gunicorn's bind retries. ``make demo`` checks it first and says what to do."""
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+        # VENV points at an empty folder: were the check not first, make would start building a venv there.
+        result = subprocess.run(["make", "demo", f"PORT={port}", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert re.search(rf"port {port} is busy.*run make demo PORT=\d+", result.stderr), result.stderr
+    assert not (tmp_path / "venv").exists() and "init-db" not in result.stdout
+    free = subprocess.run([sys.executable, str(REPO / "example_app" / "check_port.py"), str(free_port())],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert free.returncode == 0 and free.stderr == ""
+
+
+
+# ==================================================================== in Chromium, as a person ===
+@pytest.fixture(scope="module")
+def chromium() -> t.Iterator[Browser]:
+    """Debian's headless Chromium via Playwright; skipped without it unless PROCMAN_REQUIRE_BROWSER=1."""
+    def missing(reason: str) -> t.NoReturn:
+        if os.environ.get("PROCMAN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason} (apt-get install chromium; pip install playwright)", pytrace=False)
+        pytest.skip(reason)
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the Python package playwright is not installed")
+    if not os.path.exists(CHROMIUM):
+        missing(f"{CHROMIUM} does not exist")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Watched(t.NamedTuple):
+    page: Page
+    problems: list[str]  # console errors, uncaught exceptions and 4xx/5xx answers
+
+
+def open_page(browser: Browser, *, width: int, height: int = 900, zone: str | None = None) -> Watched:
+    """A fresh context and page that records every console error, page error and failed answer."""
+    context = browser.new_context(viewport={"width": width, "height": height}, timezone_id=zone, locale="en-US")
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return Watched(page, problems)
+
+
+def fits_the_width(page: Page, width: int) -> None:
+    scroll = page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth]")
+    assert max(scroll) <= width, f"the page is {scroll} px wide in a {width} px viewport"
+
+
+def in_view(page: Page, selector: str, width: int) -> None:
+    """Every element matching ``selector`` is visible and lies within the viewport's width."""
+    boxes = page.eval_on_selector_all(selector, "els => els.map(e => { const r = e.getBoundingClientRect(); "
+                                                "return [r.left, r.right, r.width, r.height]; })")
+    assert boxes, selector
+    for left, right, box_width, box_height in boxes:
+        assert box_width > 0 and box_height > 0 and left >= 0 and right <= width, (selector, boxes)
+
+
+@pytest.mark.browser
+def test_the_list_fits_a_phone_and_every_row_links_to_its_evaluation(
+        server: Server, http: requests.Session, chromium: Browser) -> None:
+    """Issue 9: at 390 px the status, created and View columns were behind a sideways scroll (the page
+    was 697 px wide). Now the list fits and the whole row is the link."""
+    from playwright.sync_api import expect
+
+    done = start_evaluation(server, http, model="baseline-majority", duration="0.2")
+    failed = start_evaluation(server, http, model="mean-threshold", duration="0.2", fail=True)
+    wait_final(server, http, done)
+    wait_final(server, http, failed)
+    running = start_evaluation(server, http, model="centroid-v1", duration="60")
+    wait_running(server, http, running)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for width, name in ((390, "example-list-390.png"), (1280, "example-list.png")):
+            watched = open_page(chromium, width=width, height=844, zone="Asia/Tokyo")
+            page = watched.page
+            try:
+                page.goto(server.url + "/")
+                expect(page.locator("#refresh-state")).to_contain_text("Updated", timeout=10_000)  # rows re-rendered
+                fits_the_width(page, width)
+                for uid in (done, failed, running):
+                    row = f'#evaluations tr[data-uuid="{uid}"]'
+                    in_view(page, f"{row} .badge", width)
+                    in_view(page, f"{row} a.row-link", width)
+                    in_view(page, f"{row} .col-duration", width)
+                    in_view(page, f"{row} time", width)
+                    expect(page.locator(f"{row} time")).to_contain_text("GMT+9")  # the reader's zone, named
+                expect(page.locator(f'tr[data-uuid="{running}"] .badge')).to_have_text("IN_PROGRESS")
+                expect(page.locator(f'tr[data-uuid="{running}"] .duration')).to_have_text(re.compile(r"^\d+ s$"))
+                page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+                # The row is the link (stretched over it): a tap on its status badge opens the evaluation.
+                box = page.locator(f'tr[data-uuid="{failed}"] .badge').bounding_box()
+                assert box is not None
+                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.wait_for_url(f"**/evaluations/{failed}")
+                expect(page.locator("#evaluation-status")).to_have_text("FAILED")
+                fits_the_width(page, width)
+                in_view(page, "#retry-form button", width)
+                in_view(page, "#delete-form button", width)
+                page.screenshot(path=str(ARTIFACTS / name.replace("list", "failed")), full_page=True)
+
+                page.goto(f"{server.url}/evaluations/{running}")
+                duration = page.locator("#evaluation-duration")
+                first = duration.text_content()
+                expect(duration).not_to_have_text(first or "", timeout=5_000)  # counts up while it runs
+                expect(duration).to_have_text(re.compile(r"^\d+ s$"))
+                expect(page.locator("#live-log")).to_contain_text("progress", timeout=15_000)
+                fits_the_width(page, width)
+                page.screenshot(path=str(ARTIFACTS / name.replace("list", "running")), full_page=True)
+
+                page.goto(server.url + "/evaluations/new")
+                fits_the_width(page, width)
+                page.screenshot(path=str(ARTIFACTS / name.replace("list", "new")), full_page=True)
+                assert not watched.problems, watched.problems  # the favicon included
+            finally:
+                page.context.close()
+    finally:
+        server.flask("procman", "stop", running)
+
+
+@pytest.mark.browser
+def test_a_reload_shows_the_log_in_the_order_it_was_shown_live(server: Server, chromium: Browser) -> None:
+    """Issue 9: the log showed stdout and stderr interleaved live, then, after the reload at completion,
+    every stderr line at the end. The script writes to both (warnings between progress lines)."""
+    watched = open_page(chromium, width=1280)
+    page = watched.page
+    shown: dict[str, str] = {}  # page load (its time origin) -> the log's text, as last shown
+    loads: list[str] = []
+
+    def record(load: str, text: str) -> None:
+        if load not in shown:
+            loads.append(load)
+        shown[load] = text
+
+    page.expose_function("recordLog", record)
+    page.add_init_script(
+        "document.addEventListener('DOMContentLoaded', () => {"
+        "  const log = document.getElementById('live-log'); if (!log) return;"
+        "  const load = String(performance.timeOrigin);"
+        "  new MutationObserver(() => window.recordLog(load, log.textContent))"
+        "    .observe(log, {childList: true, characterData: true, subtree: true});"
+        "});")
+    try:
+        page.goto(server.url + "/evaluations/new")
+        page.select_option("#dataset", "imbalanced_blobs.csv")
+        page.fill("#duration", "2")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r".*/evaluations/[0-9a-f-]{36}$"))
+        page.wait_for_selector("#metrics", timeout=30_000)  # the page reloaded itself once COMPLETED
+        page.wait_for_function("document.getElementById('live-log-state').textContent.includes('exit status 0')",
+                               timeout=10_000)
+        after = page.text_content("#live-log") or ""
+        assert len(loads) == 2, loads  # live, then the reload
+        live = shown[loads[0]]
+        assert live == after, f"live:\n{live}\n--- after the reload:\n{after}"
+        order = [after.index(text) for text in ("imbalanced dataset", "no held-out split", "evaluating model",
+                                                "progress 20/200", "progress 200/200", "done")]
+        assert order == sorted(order), after
+        assert not watched.problems, watched.problems
+    finally:
+        page.context.close()

@@ -425,31 +425,6 @@ def test_the_form_is_validated(client: FlaskClient) -> None:
     assert client.get("/evaluations/not-a-uuid").status_code == 404
 
 
-@pytest.mark.browser
-def test_the_evaluation_page_streams_its_log_then_shows_the_metrics(server: Server) -> None:
-    """In Chromium: the form, then the page's live log (stream.js) and its reload once COMPLETED."""
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("needs Debian's chromium (/usr/bin/chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(server.url + "/evaluations/new")
-            page.select_option("#dataset", "imbalanced_blobs.csv")
-            page.fill("#duration", "1.5")
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r".*/evaluations/[0-9a-f-]{36}$"))
-            page.wait_for_function("document.getElementById('live-log').textContent.includes('progress')",
-                                   timeout=10_000)
-            page.wait_for_selector("#metrics", timeout=20_000)  # the page reloads itself once COMPLETED
-            assert page.text_content("#evaluation-status") == "COMPLETED"
-            assert "imbalanced dataset" in (page.text_content("#live-log") or "")
-            assert "exit status 0" in (page.text_content("#live-log-state") or "")
-        finally:
-            browser.close()
-
-
 # ==================================================================== retry, delete, CSRF, icons ==
 def form_token(client: FlaskClient, path: str = "/evaluations/new") -> str:
     """The CSRF token a page's forms carry (Flask-WTF's, bound to this client's session)."""
@@ -627,7 +602,7 @@ def test_make_demo_refuses_a_busy_port_at_once(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}  # not `make test`'s
         # VENV points at an empty folder: were the check not first, make would start building a venv there.
         result = subprocess.run(["make", "demo", f"PORT={port}", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -793,6 +768,34 @@ def test_a_reload_shows_the_log_in_the_order_it_was_shown_live(server: Server, c
         order = [after.index(text) for text in ("imbalanced dataset", "no held-out split", "evaluating model",
                                                 "progress 20/200", "progress 200/200", "done")]
         assert order == sorted(order), after
+        assert not watched.problems, watched.problems
+    finally:
+        page.context.close()
+
+
+@pytest.mark.browser
+def test_the_evaluation_page_streams_its_log_then_shows_the_metrics(server: Server, chromium: Browser) -> None:
+    """In Chromium: the form, then the page's live log (stream.js) and its reload once COMPLETED."""
+    watched = open_page(chromium, width=390, height=844)
+    page = watched.page
+    try:
+        page.goto(server.url + "/evaluations/new")
+        page.select_option("#dataset", "imbalanced_blobs.csv")
+        page.fill("#duration", "1.5")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r".*/evaluations/[0-9a-f-]{36}$"))
+        page.wait_for_function("document.getElementById('live-log').textContent.includes('progress')",
+                               timeout=10_000)
+        page.wait_for_selector("#metrics", timeout=20_000)  # the page reloads itself once COMPLETED
+        assert page.text_content("#evaluation-status") == "COMPLETED"
+        assert "imbalanced dataset" in (page.text_content("#live-log") or "")
+        assert "exit status 0" in (page.text_content("#live-log-state") or "")
+        assert re.fullmatch(r"\d+\.\d s", page.text_content("#evaluation-duration") or ""), "a final duration"
+        fits_the_width(page, 390)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "example-completed-390.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.screenshot(path=str(ARTIFACTS / "example-completed.png"), full_page=True)
         assert not watched.problems, watched.problems
     finally:
         page.context.close()

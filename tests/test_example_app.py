@@ -698,7 +698,15 @@ def test_the_list_fits_a_phone_and_every_row_links_to_its_evaluation(
                     in_view(page, f"{row} time", width)
                     expect(page.locator(f"{row} time")).to_contain_text("GMT+9")  # the reader's zone, named
                 expect(page.locator(f'tr[data-uuid="{running}"] .badge')).to_have_text("IN_PROGRESS")
-                expect(page.locator(f'tr[data-uuid="{running}"] .duration')).to_have_text(re.compile(r"^\d+ s$"))
+                live = page.locator(f'tr[data-uuid="{running}"] .duration')
+                expect(live).to_have_text(re.compile(r"^\d+ s$"))
+                # After a later refresh (the page is older than 2 s by then), the live duration still
+                # counts from when the rows were rendered, not from when the page was loaded.
+                updated = page.text_content("#refresh-state")
+                expect(page.locator("#refresh-state")).not_to_have_text(updated or "", timeout=10_000)
+                shown = int((live.text_content() or "").split()[0])
+                actual = state(server, http, running)["process"]["duration"]
+                assert actual - 2.5 <= shown <= actual + 1, (shown, actual)
                 page.screenshot(path=str(ARTIFACTS / name), full_page=True)
                 # The row is the link (stretched over it): a tap on its status badge opens the evaluation.
                 box = page.locator(f'tr[data-uuid="{failed}"] .badge').bounding_box()

@@ -5,7 +5,7 @@
  *  - durations: every element with data-seconds shows a duration, counting up every second
  *    when it also has data-live (the server's figure at render time plus the time since);
  *  - forms with data-confirm ask before they are sent.
- * Call Example.refresh(root) after putting new server HTML into the page.
+ * Call Example.refresh(root) right after putting new server HTML into the page.
  */
 (function () {
   "use strict";
@@ -63,8 +63,13 @@
     el.textContent = formatDuration(seconds, live);
   }
 
-  function refresh(root) {
+  /**
+   * Show the times and durations under ``root``. ``renderedAt``: the performance.now() at which the
+   * server's durations were true (default now, for HTML just fetched; 0 for the page itself).
+   */
+  function refresh(root, renderedAt) {
     root = root || document;
+    var since = String(renderedAt === undefined ? performance.now() : renderedAt);
     root.querySelectorAll("time[datetime]").forEach(function (el) {
       var text = localTime(el.getAttribute("datetime"));
       if (!text) { return; }
@@ -72,7 +77,7 @@
       el.textContent = text;
     });
     root.querySelectorAll("[data-seconds]").forEach(function (el) {
-      if (!el.dataset.since) { el.dataset.since = "0"; }  // rendered by the server at navigation start
+      if (!el.dataset.since) { el.dataset.since = since; }
       showDuration(el);
     });
   }
@@ -88,7 +93,7 @@
     }
   });
 
-  refresh(document);
+  refresh(document, 0);  // the page's own durations were computed just before navigation started
   window.setInterval(tick, 1000);
   window.Example = { localTime: localTime, formatDuration: formatDuration, setDuration: setDuration, refresh: refresh };
 })();

@@ -20,13 +20,21 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## demo: serve the example evaluation service on http://127.0.0.1:$(PORT) (gunicorn, 2 workers)
-demo: $(VENV)/.installed
+# The port is checked first (before installing anything): a busy one ends here with what to do,
+# not in gunicorn's bind retries.
+demo:
+	@$(PYTHON) example_app/check_port.py $(PORT)
+	@$(MAKE) --no-print-directory $(VENV)/.example-installed
 	$(PY) -m flask --app example_app init-db
 	@if $(PY) -c "import gunicorn" 2>/dev/null; then \
 		$(VENV)/bin/gunicorn -c example_app/gunicorn_conf.py --bind 127.0.0.1:$(PORT) 'example_app:create_app()'; \
 	else \
 		$(PY) -m flask --app example_app run --port $(PORT); \
 	fi
+
+$(VENV)/.example-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[example]'
+	touch $@
 
 ## bench: benchmarks against raw subprocess and the naive design (writes bench/results/latest.md)
 bench: $(VENV)/.installed

@@ -16,8 +16,11 @@ Run it from the repository root::
     flask --app example_app procman run evaluate -- --model threshold --data data/two_blobs.csv --output-dir /tmp/out
 
 Pages: ``/`` (every evaluation), ``/evaluations/new`` (the form), ``/evaluations/<uuid>``
-(status, live log, metrics, Stop button); JSON: ``/evaluations.json``, ``/evaluations/<uuid>.json``.
-Forms are POSTed to ``/evaluations`` and ``/evaluations/<uuid>/stop`` with a session CSRF token.
+(status, duration, live log, metrics; Stop, Retry and Delete buttons); JSON: ``/evaluations.json``,
+``/evaluations/<uuid>.json``. Forms are POSTed to ``/evaluations`` and ``/evaluations/<uuid>/stop``,
+``/retry`` and ``/delete``, protected by Flask-WTF's ``CSRFProtect`` (the ``example`` extra); the
+procman API under ``/procman/`` is exempt: it has its own rule (a token, or an ``X-Requested-With`` header).
+Times are shown in the reader's time zone, with its name (UTC without JavaScript).
 
 The procman dashboard is at ``/procman/``. It asks for the API token, which is
 ``$PROCMAN_API_TOKEN`` when set, else a random one made on first start and kept in
@@ -48,7 +51,8 @@ import typing as t
 
 import click
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, Response, send_from_directory
+from flask_wtf.csrf import CSRFError, CSRFProtect  # type: ignore[import-untyped]  # no py.typed
 
 from flask_procman import StoreUnavailable
 
@@ -58,6 +62,9 @@ from .service import procman
 #: The instance-folder files holding the generated secrets.
 TOKEN_FILE = "procman-token"
 SECRET_KEY_FILE = "secret-key"
+
+#: Every form POST of the example needs the session's CSRF token (Flask-WTF).
+csrf = CSRFProtect()
 
 
 def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
@@ -73,6 +80,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
         PROCMAN_STOP_ON_EXIT=False,
         EVALUATION_OUTPUT_DIR=os.path.join(app.instance_path, "outputs"),
         EVALUATION_TIMEOUT=600.0,
+        # A page left open for hours (a long evaluation) must still be able to stop it: the token
+        # lives as long as the session instead of Flask-WTF's default hour.
+        WTF_CSRF_TIME_LIMIT=None,
     )
     app.config.from_prefixed_env("EXAMPLE")
     if "DATABASE_URI" in app.config:  # EXAMPLE_DATABASE_URI
@@ -101,11 +111,26 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
         with app.app_context():
             sa.event.listen(db.engine, "connect", _sqlite_pragmas)
     procman.init_app(app)
+    csrf.init_app(app)
+    # The procman API is called by scripts with a bearer token and by the dashboard with an
+    # X-Requested-With header (a cross-site form can send neither): it needs no form token.
+    csrf.exempt(app.blueprints["procman"])
 
     from .views import bp
 
     app.register_blueprint(bp)
     _start_watching_early(app)
+
+    @app.errorhandler(CSRFError)
+    def csrf_refused(exc: CSRFError) -> tuple[str, int, dict[str, str]]:
+        return (f"{exc.description} Reload the page and try again.\n", 400,
+                {"Content-Type": "text/plain; charset=utf-8"})
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        """Browsers ask for it whatever the page says: the same icon as the pages' ``<link rel=icon>``."""
+        return send_from_directory(app.static_folder or "static", "favicon.svg", mimetype="image/svg+xml",
+                                   max_age=86400)
 
     @app.errorhandler(sa.exc.OperationalError)
     def database_not_ready(exc: sa.exc.OperationalError) -> tuple[str, int, dict[str, str]]:

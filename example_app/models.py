@@ -95,14 +95,19 @@ class EvaluateInfo(db.Model):  # type: ignore[name-defined,misc]
     def status(self) -> EvaluateStatusType:
         return EvaluateStatusType(self.evaluate_status)
 
-    def summary(self) -> dict[str, t.Any]:
-        """The row as ``GET /evaluations.json`` lists it."""
+    def summary(self, process: t.Mapping[str, t.Any] | None = None) -> dict[str, t.Any]:
+        """The row as ``GET /evaluations.json`` lists it; ``process``: its flask-procman status dict,
+        for ``started_at`` and ``duration`` (seconds so far while it runs; None before it ever ran,
+        or once its process record was pruned)."""
+        started = process.get("started_at") if process else None
         return {
             "uuid": self.uuid,
             "model": self.model.name,
             "dataset": self.dataset,
             "status": self.evaluate_status,
             "created_at": self.created_at.isoformat(),
+            "started_at": started.isoformat() if started else None,
+            "duration": process.get("duration") if process else None,
         }
 
     def state(self) -> dict[str, t.Any]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import typing as t
 
+import sqlalchemy as sa
 from flask import current_app
 
-from flask_procman import ProcessManager, ProcMan
+from flask_procman import ProcessManager, ProcessNotFinished, ProcMan
 from flask_procman.store import utcnow
 
 from .models import DATA_DIR, EvaluateInfo, EvaluateStatusType, ModelInfo, db
@@ -45,7 +47,12 @@ procman.register_program("evaluate", [sys.executable, SCRIPT_PATH], cwd=APP_DIR,
 
 
 class EvaluationStartError(RuntimeError):
-    """The evaluation could not be started; the row is back to NOT_STARTED with the reason in ``error``."""
+    """The evaluation could not be started; the row is back to NOT_STARTED with the reason in ``error``
+    (or, when it was already running or completed, untouched)."""
+
+
+#: The statuses an evaluation may be (re)started from.
+STARTABLE = (EvaluateStatusType.NOT_STARTED.value, EvaluateStatusType.FAILED.value)
 
 
 class EvaluateService:
@@ -76,15 +83,32 @@ class EvaluateService:
 
     @classmethod
     def run_evaluate(cls, evaluate_uuid: str) -> dict[str, str]:
-        """Start the evaluation ``evaluate_uuid`` (its uuid is also the process id).
+        """Start the evaluation ``evaluate_uuid`` (its uuid is also the process id): a new one, one
+        refused at the cap (NOT_STARTED) or a FAILED one (a retry).
 
-        :raises EvaluationStartError: the cap of running processes is reached (or the start failed);
-            the row is NOT_STARTED again.
+        :raises EvaluationStartError: the cap of running processes is reached (or the start failed):
+            the row is NOT_STARTED again; or it is already IN_PROGRESS or COMPLETED: the row is untouched.
         """
         evaluate = db.get_or_404(EvaluateInfo, evaluate_uuid)
         model = db.session.get(ModelInfo, evaluate.model_uuid)
         if model is None:
             raise EvaluationStartError(f"The model of evaluation {evaluate_uuid} no longer exists.")
+
+        # Mark it IN_PROGRESS before starting, so that the completion handler (which may run in
+        # another worker as soon as the process ends) always finds a row to finish. A compare-and-set:
+        # of two retries at once (two workers, a double click), only one starts the process; the
+        # other must not put the running evaluation back to NOT_STARTED.
+        claimed = db.session.execute(
+            sa.update(EvaluateInfo)
+            .where(EvaluateInfo.uuid == evaluate_uuid, EvaluateInfo.evaluate_status.in_(STARTABLE))
+            .values(evaluate_status=EvaluateStatusType.IN_PROGRESS.value, metrics=None, error=None,
+                    finished_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        db.session.refresh(evaluate)
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise EvaluationStartError(f"The evaluation is {evaluate.evaluate_status}: it cannot be started again.")
 
         cmd = cls.build_command(evaluate, model)
         work_dir = cls.output_dir(evaluate_uuid)
@@ -93,14 +117,6 @@ class EvaluateService:
         if os.path.exists(stale):  # a retried evaluation must not pick up an earlier run's metrics
             os.remove(stale)
         env = {"EVALUATION_UUID": evaluate_uuid}
-
-        # Mark it IN_PROGRESS before starting, so that the completion handler (which may run in
-        # another worker as soon as the process ends) always finds a row to finish.
-        evaluate.evaluate_status = EvaluateStatusType.IN_PROGRESS.value
-        evaluate.metrics = None
-        evaluate.error = None
-        evaluate.finished_at = None
-        db.session.commit()
 
         try:
             started = cls._process_manager.start_process(
@@ -111,6 +127,9 @@ class EvaluateService:
                 cls._on_process_complete,
                 handler=HANDLER,
                 timeout=current_app.config["EVALUATION_TIMEOUT"],
+                # One log file in the order the script wrote it: the page shows it live and again
+                # after a reload, identically (two files cannot say how their lines interleaved).
+                merge_stderr=True,
                 metadata={"evaluation": evaluate_uuid, "model": model.name, "dataset": evaluate.dataset},
             )
         except Exception as exc:
@@ -138,9 +157,37 @@ class EvaluateService:
         return cls._process_manager.stop_process(evaluate_uuid)
 
     @classmethod
+    def delete_evaluate(cls, evaluate_uuid: str) -> bool:
+        """Delete an evaluation that is not running: its row, its process record and log, its outputs.
+
+        False when it is IN_PROGRESS (stop it first) or unknown. The row goes first, by a
+        conditional delete, so that a retry racing with it finds no row instead of a half-deleted one.
+        """
+        deleted = db.session.execute(
+            sa.delete(EvaluateInfo)
+            .where(EvaluateInfo.uuid == evaluate_uuid,
+                   EvaluateInfo.evaluate_status != EvaluateStatusType.IN_PROGRESS.value)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        if deleted.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        try:
+            cls._process_manager.remove_process(evaluate_uuid)  # False when it never had a process
+        except ProcessNotFinished:  # cannot happen while the row was not IN_PROGRESS; left to the operator
+            log.warning("evaluation %s was deleted but its process still runs", evaluate_uuid)
+        shutil.rmtree(cls.output_dir(evaluate_uuid), ignore_errors=True)
+        return True
+
+    @classmethod
     def process_status(cls, evaluate_uuid: str) -> dict[str, t.Any] | None:
         """The flask-procman status of the evaluation's process (None before it ever started)."""
         return cls._process_manager.get_process_status(evaluate_uuid)
+
+    @classmethod
+    def list_processes(cls) -> list[dict[str, t.Any]]:
+        """The status dicts of every process (without output), newest first: one query for a list page."""
+        return cls._process_manager.list_processes()
 
     @staticmethod
     def _on_process_complete(process_id: str, return_code: int | None) -> None:
@@ -194,8 +241,17 @@ def describe_failure(state: str, return_code: int | None, process: t.Mapping[str
         headline = "The evaluation process could not be started."
     else:
         headline = f"The evaluation script failed{code}."
-    detail = (process or {}).get("error") or ""
-    return f"{headline}\n\n{detail.strip()}" if detail.strip() else headline
+    detail = _last_words((process or {}).get("error") or "")
+    return f"{headline}\n\n{detail}" if detail else headline
+
+
+def _last_words(tail: str, lines: int = 6) -> str:
+    """What the script said last, from the end of its log (stdout and stderr are one file): from its
+    last traceback on, else its last few lines. The whole log is on the page anyway."""
+    start = tail.rfind("Traceback (most recent call last):")
+    if start != -1:
+        return tail[start:].strip()
+    return "\n".join(tail.strip().splitlines()[-lines:])
 
 
 @procman.on_complete(HANDLER)

@@ -1,10 +1,11 @@
-"""The pages and JSON routes of the example, its CSRF check, and who may read the procman API."""
+"""The pages and JSON routes of the example, and who may read the procman API.
+
+Every POST form is checked by Flask-WTF's ``CSRFProtect`` (set up in ``create_app``).
+"""
 
 from __future__ import annotations
 
-import hmac
 import math
-import secrets
 import typing as t
 import uuid
 
@@ -12,13 +13,11 @@ import sqlalchemy as sa
 from flask import (
     Blueprint,
     Response,
-    abort,
     flash,
     jsonify,
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from sqlalchemy.orm import selectinload
@@ -26,7 +25,7 @@ from sqlalchemy.orm import selectinload
 from flask_procman.api import request_has_valid_token
 
 from .models import EvaluateInfo, EvaluateStatusType, ModelInfo, db, list_datasets
-from .service import EvaluateService, EvaluationStartError, procman
+from .service import STARTABLE, EvaluateService, EvaluationStartError, procman
 
 bp = Blueprint("evaluations", __name__)
 
@@ -34,22 +33,24 @@ bp = Blueprint("evaluations", __name__)
 MAX_DURATION = 3600.0
 
 
-# ------------------------------------------------------------------------------------ CSRF ------
-def csrf_token() -> str:
-    """This browser session's CSRF token (made on first use; the session cookie is signed)."""
-    token = session.get("csrf_token")
-    if not isinstance(token, str) or not token:
-        token = secrets.token_urlsafe(32)
-        session["csrf_token"] = token
-    return token
+# ------------------------------------------------------------------------------------ display ---
+@bp.app_template_filter("duration")
+def format_duration(seconds: float | None, live: bool = False) -> str:
+    """``4.2 s``, ``3 min 07 s``, ``1 h 05 min`` (whole seconds while ``live``); "—" for None.
 
-
-def check_csrf() -> None:
-    """Refuse a form whose ``csrf_token`` field is not this session's token (400)."""
-    expected = session.get("csrf_token")
-    given = request.form.get("csrf_token", "")
-    if not isinstance(expected, str) or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        abort(400, description="The form's CSRF token is missing or out of date: reload the page and try again.")
+    ``static/example.js`` formats the live durations the same way.
+    """
+    if seconds is None:
+        return "—"
+    seconds = max(0.0, seconds)
+    if live and seconds < 60:
+        return f"{int(seconds)} s"
+    if not live and seconds < 59.95:  # what rounds to 60.0 is shown as a minute
+        return f"{seconds:.1f} s"
+    whole = int(seconds) if live else int(seconds + 0.5)  # half up, as Math.round in example.js
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 # ------------------------------------------------------------------------------------ access ----
@@ -75,13 +76,21 @@ def _evaluation_or_404(evaluation_id: uuid.UUID) -> EvaluateInfo:
     return db.get_or_404(EvaluateInfo, str(evaluation_id))
 
 
-def _all_evaluations() -> list[EvaluateInfo]:
+def _all_evaluations() -> list[tuple[EvaluateInfo, dict[str, t.Any] | None]]:
+    """Every evaluation, newest first, with the status dict of its process (None if it has none)."""
     query = (
         sa.select(EvaluateInfo)
         .options(selectinload(EvaluateInfo.model))
         .order_by(EvaluateInfo.created_at.desc(), EvaluateInfo.uuid)
     )
-    return list(db.session.scalars(query))
+    evaluations = list(db.session.scalars(query))
+    processes = {p["id"]: p for p in EvaluateService.list_processes()} if evaluations else {}
+    return [(evaluation, _process_of(evaluation, processes.get(evaluation.uuid))) for evaluation in evaluations]
+
+
+def _process_of(evaluation: EvaluateInfo, process: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
+    # A NOT_STARTED evaluation (refused at the cap, maybe after a failed run) has no current process.
+    return None if evaluation.status is EvaluateStatusType.NOT_STARTED else process
 
 
 @bp.get("/")
@@ -90,15 +99,21 @@ def index() -> str:
     return render_template("index.html", evaluations=_all_evaluations())
 
 
+@bp.get("/evaluations/rows")
+def evaluation_rows() -> str:
+    """The list's rows alone (the page refreshes them with this; one template for both)."""
+    return render_template("_evaluation_rows.html", evaluations=_all_evaluations())
+
+
 @bp.get("/evaluations.json")
 def evaluations_json() -> Response:
     """Every evaluation as a JSON list, newest first."""
-    return jsonify([evaluation.summary() for evaluation in _all_evaluations()])
+    return jsonify([evaluation.summary(process) for evaluation, process in _all_evaluations()])
 
 
 def _render_form(error: str | None = None, status: int = 200) -> tuple[str, int]:
     models = list(db.session.scalars(sa.select(ModelInfo).order_by(ModelInfo.name)))
-    page = render_template("new.html", models=models, datasets=list_datasets(), csrf_token=csrf_token(), error=error)
+    page = render_template("new.html", models=models, datasets=list_datasets(), error=error)
     return page, status
 
 
@@ -123,7 +138,6 @@ def _parse_duration(raw: str) -> float | None:
 @bp.post("/evaluations")
 def create_evaluation() -> t.Any:
     """Create an evaluation from the form and start it; redirect to its page (303)."""
-    check_csrf()
     model = db.session.get(ModelInfo, request.form.get("model_uuid", ""))
     if model is None:
         return _render_form("Choose one of the models.", 400)
@@ -160,9 +174,10 @@ def show_evaluation(evaluation_id: uuid.UUID) -> str:
     return render_template(
         "evaluation.html",
         evaluation=evaluation,
+        process=_process_of(evaluation, EvaluateService.process_status(evaluation.uuid)),
+        startable=evaluation.evaluate_status in STARTABLE,
         events_url=url_for("procman.events", process_id=evaluation.uuid) if has_process else None,
         procman_stream_js=url_for("procman.static", filename="procman/stream.js"),
-        csrf_token=csrf_token(),
     )
 
 
@@ -172,10 +187,11 @@ def evaluation_json(evaluation_id: uuid.UUID) -> Response:
     finished_at`` and ``process`` (the flask-procman status of its process, without output)."""
     evaluation = _evaluation_or_404(evaluation_id)
     data = evaluation.state()
-    process = EvaluateService.process_status(evaluation.uuid)
+    process = _process_of(evaluation, EvaluateService.process_status(evaluation.uuid))
     data["process"] = None if process is None else {
         "status": process["status"], "return_code": process["return_code"], "pid": process["pid"],
         "duration": process["duration"],
+        "started_at": process["started_at"].isoformat() if process["started_at"] else None,
     }
     return jsonify(data)
 
@@ -183,10 +199,34 @@ def evaluation_json(evaluation_id: uuid.UUID) -> Response:
 @bp.post("/evaluations/<uuid:evaluation_id>/stop")
 def stop_evaluation(evaluation_id: uuid.UUID) -> t.Any:
     """Stop a running evaluation through the manager (any worker can); it then becomes FAILED."""
-    check_csrf()
     evaluation = _evaluation_or_404(evaluation_id)
     if evaluation.status is EvaluateStatusType.IN_PROGRESS and EvaluateService.stop_evaluate(evaluation.uuid):
         flash("The evaluation was stopped.", "success")
     else:
         flash("The evaluation is not running.", "error")
     return redirect(url_for("evaluations.show_evaluation", evaluation_id=evaluation.uuid), 303)
+
+
+@bp.post("/evaluations/<uuid:evaluation_id>/retry")
+def retry_evaluation(evaluation_id: uuid.UUID) -> t.Any:
+    """Start a NOT_STARTED (refused at the cap) or FAILED evaluation again; back to its page (303)."""
+    evaluation = _evaluation_or_404(evaluation_id)
+    try:
+        EvaluateService.run_evaluate(evaluation.uuid)
+    except EvaluationStartError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("Started the evaluation again.", "success")
+    return redirect(url_for("evaluations.show_evaluation", evaluation_id=evaluation.uuid), 303)
+
+
+@bp.post("/evaluations/<uuid:evaluation_id>/delete")
+def delete_evaluation(evaluation_id: uuid.UUID) -> t.Any:
+    """Delete an evaluation that is not running (its row, process record, log and outputs); to the list (303)."""
+    evaluation = _evaluation_or_404(evaluation_id)
+    label = f"{evaluation.model.name} on {evaluation.dataset}"
+    if not EvaluateService.delete_evaluate(evaluation.uuid):
+        flash("The evaluation is running: stop it before deleting it.", "error")
+        return redirect(url_for("evaluations.show_evaluation", evaluation_id=evaluation.uuid), 303)
+    flash(f"Deleted the evaluation of {label}.", "success")
+    return redirect(url_for("evaluations.index"), 303)

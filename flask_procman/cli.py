@@ -99,8 +99,13 @@ def _exit_code(status: str, return_code: int | None) -> int:
 
 
 def _local_time(value: dt.datetime | None) -> str:
-    """A timestamp in local time, to the second ("-" for none)."""
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+    """A timestamp in local time, to the second, with the zone's name: ``2026-01-02 15:04:05 CET``
+    (its UTC offset where the zone has no name; "-" for none)."""
+    if value is None:
+        return "-"
+    local = value.astimezone()
+    zone = local.strftime("%Z") or local.isoformat()[-6:]
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
 
 
 def _duration(seconds: float | None) -> str:

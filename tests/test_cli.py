@@ -12,11 +12,12 @@ import subprocess
 import textwrap
 import time
 import typing as t
+import zoneinfo
 
 import psutil
 import pytest
 from click.testing import Result
-from conftest import PY, AppFactory, py, wait_until
+from conftest import PY, AppFactory, present, py, wait_until
 from flask import Flask
 
 from flask_procman import cli as cli_module
@@ -81,7 +82,7 @@ def test_list_table_and_json(finished: Flask) -> None:
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"a", "b"}
     assert rows["a"][1] == "completed" and rows["b"][1] == "completed"
-    assert rows["b"][6] == "3"  # RC column (STARTED is two words)
+    assert rows["b"][7] == "3"  # RC column (STARTED is three words: date, time, zone)
 
     result = invoke(finished, "list", "--status", "completed", "--json")
     assert result.exit_code == 0
@@ -109,6 +110,26 @@ def test_status_human_and_json(finished: Flask) -> None:
     assert missing.exit_code == 1 and "No process with id 'nope'" in missing.stderr and missing.stdout == ""
     invalid = invoke(finished, "status", "../etc")
     assert invalid.exit_code == 1 and "Invalid process id" in invalid.stderr
+
+
+@pytest.mark.parametrize(("zone", "name"), [("Asia/Kolkata", "IST"), ("UTC", "UTC"), ("Etc/GMT-3", "+03")])
+def test_times_are_local_and_name_their_zone(finished: Flask, monkeypatch: pytest.MonkeyPatch,
+                                             zone: str, name: str) -> None:
+    """Issue 9: times were local with no zone. ``Etc/GMT-3`` has no name but its offset."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        status = invoke(finished, "status", "a").stdout
+        listed = invoke(finished, "list").stdout
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    fields = dict(re.split(r":\s+", line, maxsplit=1) for line in status.splitlines())
+    started = present(manager_of(finished).get_process_status("a"))["started_at"]
+    expected = started.astimezone(zoneinfo.ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+    assert fields["started"] == f"{expected} {name}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d " + re.escape(name), fields["finished"])
+    assert f" {expected} {name} " in next(line for line in listed.splitlines() if line.startswith("a "))
 
 
 def test_logs_raw_bytes_tail_stderr_and_follow_of_an_ended_process(finished: Flask) -> None:

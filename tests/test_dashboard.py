@@ -239,3 +239,113 @@ def test_dashboard_without_the_token_shows_no_data(served: Served, page: Page) -
     expect(page.locator('tr[data-process-id="secret-job"] td.status')).to_have_text("running", timeout=WAIT_MS)
     expect(page.locator("#log-stdout")).to_contain_text("classified", timeout=WAIT_MS)
     expect(page.locator("#error-banner")).to_be_hidden(timeout=WAIT_MS)
+
+
+def _api_requests(page: Page) -> list[tuple[str, int]]:
+    """Every answer the page gets from the procman API from now on, as ``(url, status)``."""
+    answers: list[tuple[str, int]] = []
+    page.on("response", lambda r: answers.append((r.url, r.status)) if "/procman/api/" in r.url else None)
+    return answers
+
+
+def _expect_locked(page: Page, answers: list[tuple[str, int]], hint: str) -> None:
+    """The locked state: "Locked" in the list and the indicator, no spinner, no rows, and no more polling."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#list-empty-title")).to_have_text("Locked", timeout=WAIT_MS)
+    expect(page.locator("#list-empty-hint")).to_contain_text(hint)
+    expect(page.locator("#refresh-label")).to_have_text("Locked")
+    expect(page.locator("#list-loading")).to_be_hidden()
+    expect(page.locator("tr[data-process-id]")).to_have_count(0)
+    expect(page.locator("#error-banner")).to_contain_text("Not allowed to read here")
+    # Refreshing has stopped: nothing is asked for during more than one refresh period (2 s).
+    asked = len(answers)
+    page.wait_for_timeout(2600)
+    assert len(answers) == asked, answers[asked:]
+    expect(page.locator("#list-loading")).to_be_hidden()
+
+
+def test_a_wrong_token_refused_by_the_authorize_callback_locks_the_dashboard(served: Served, page: Page) -> None:
+    """Issue 9: a 403 from the app's authorize callback ("Not allowed to read here") locked nothing: the
+    indicator said "Live" and "Loading processes…" spun forever."""
+    from playwright.sync_api import expect
+
+    from flask_procman.api import request_has_valid_token
+
+    served.procman.authorize(lambda action, process_id: request_has_valid_token())
+    with served.app.app_context():
+        assert served.procman.start_process("guarded", py("import time; time.sleep(30)"))
+    answers = _api_requests(page)
+
+    page.goto(served.url)
+    page.fill("#token-input", "not-the-token")
+    page.click("#token-submit")
+    expect(page.locator("#token-form")).to_be_visible(timeout=WAIT_MS)
+    _expect_locked(page, answers, "Enter the API token")
+    assert answers and {status for _, status in answers} == {403}, answers
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-locked-403.png"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "dashboard-locked-390.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+    page.fill("#token-input", TOKEN)
+    page.click("#token-submit")
+    expect(page.locator('tr[data-process-id="guarded"] td.status')).to_have_text("running", timeout=WAIT_MS)
+    expect(page.locator("#refresh-label")).to_have_text("Live")
+    expect(page.locator("#error-banner")).to_be_hidden()
+
+
+def test_an_authorize_callback_refusing_reads_locks_the_dashboard_until_allowed(served: Served, page: Page) -> None:
+    """No token at all: the app's own rule (a login) decides. Refused: locked, with how to open it."""
+    from playwright.sync_api import expect
+
+    gate = {"open": False}
+    served.app.config["PROCMAN_API_TOKEN"] = None  # the dashboard then offers no token form
+    served.procman.authorize(lambda action, process_id: gate["open"])
+    with served.app.app_context():
+        assert served.procman.start_process("members-only", py("import time; time.sleep(30)"))
+    answers = _api_requests(page)
+
+    page.goto(served.url)
+    _expect_locked(page, answers, "log in to it")
+    expect(page.locator("#token-form")).to_be_hidden()
+    expect(page.locator("#list-retry")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-locked-callback.png"))
+
+    gate["open"] = True  # e.g. the person logged in to the application
+    page.click("#list-retry")
+    expect(page.locator('tr[data-process-id="members-only"] td.status')).to_have_text("running", timeout=WAIT_MS)
+    expect(page.locator("#refresh-label")).to_have_text("Live")
+    expect(page.locator("#list-retry")).to_be_hidden()
+    expect(page.locator("#error-banner")).to_be_hidden()
+
+
+def test_times_on_the_dashboard_name_their_zone(served: Served, browser: Browser) -> None:
+    """Issue 9: times were local without a zone. They stay local, with the zone's name."""
+    from playwright.sync_api import expect
+
+    with served.app.app_context():
+        assert served.procman.start_process("zoned", py("print('hi')"))
+        served.procman.wait("zoned", timeout=10)
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, timezone_id="Asia/Tokyo",
+                                  locale="en-US")
+    try:
+        page = context.new_page()
+        page.goto(served.url)
+        page.fill("#token-input", TOKEN)
+        page.click("#token-submit")
+        started = page.locator('tr[data-process-id="zoned"] td.col-started')
+        expect(started).to_contain_text("GMT+9", timeout=WAIT_MS)
+        expect(page.locator("#last-updated")).to_contain_text("GMT+9")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(ARTIFACTS / "dashboard-list-390.png"), full_page=True)
+        page.set_viewport_size({"width": 1440, "height": 900})
+        page.locator('tr[data-process-id="zoned"]').click()
+        expect(page.locator('#detail-fields dd[data-field="started_at"]')).to_contain_text("GMT+9", timeout=WAIT_MS)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-times.png"))
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(ARTIFACTS / "dashboard-times-390.png"), full_page=True)
+    finally:
+        context.close()

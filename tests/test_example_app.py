@@ -4,6 +4,7 @@ and by the real ``flask`` CLI, and in process with pytest-flask's client (the se
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 import signal
@@ -25,7 +26,12 @@ from example_app import TOKEN_FILE, create_app  # importable from the checkout: 
 from example_app.models import EvaluateInfo, ModelInfo, db, seed_models
 from example_app.service import EvaluateService, EvaluationStartError
 
+if t.TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
 REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
 
 BIN = Path(sys.executable).parent
 FINAL = ("COMPLETED", "FAILED")
@@ -221,7 +227,9 @@ def test_an_evaluation_completes_and_stores_its_metrics(server: Server, http: re
     # The page's live log, read while it runs: the events stream of an evaluation is public (no token).
     log = read_events(f"{server.url}/procman/api/processes/{uid}/events")
     assert "event: stdout" in log and "progress 200/200" in log and "done" in log
-    assert "event: stderr" in log and "no held-out split" in log
+    # stderr goes into the same file (merge_stderr): one stream, in the order the script wrote it.
+    assert "event: stderr" not in log and "no held-out split" in log
+    assert log.index("no held-out split") < log.index("evaluating model") < log.index("progress 200/200")
     final = wait_final(server, http, uid)
     assert final["status"] == "COMPLETED", final
     assert final["error"] is None
@@ -237,7 +245,10 @@ def test_an_evaluation_completes_and_stores_its_metrics(server: Server, http: re
     assert 'data-status="COMPLETED"' in page.text and "<h2>Metrics</h2>" in page.text
     assert 'data-metric="accuracy"' in page.text and "/procman/static/procman/stream.js" in page.text
     listed = http.get(server.url + "/evaluations.json", timeout=10).json()
-    assert {"uuid": uid, "status": "COMPLETED"}.items() <= next(e for e in listed if e["uuid"] == uid).items()
+    summary = next(e for e in listed if e["uuid"] == uid)
+    assert {"uuid": uid, "status": "COMPLETED"}.items() <= summary.items()
+    assert 1.0 <= summary["duration"] < 20
+    assert dt.datetime.fromisoformat(summary["started_at"]) >= dt.datetime.fromisoformat(summary["created_at"])
     assert uid in http.get(server.url + "/", timeout=10).text
 
     # Reading an evaluation's process needs no token; other processes and other actions do.
@@ -253,6 +264,7 @@ def test_a_failing_evaluation_becomes_failed_with_its_error(server: Server, http
     assert final["status"] == "FAILED", final
     assert final["metrics"] is None
     assert "exit status 1" in final["error"] and "simulated failure" in final["error"]
+    assert "progress" not in final["error"]  # from the traceback on: the progress lines are in the log
     assert final["process"]["status"] == "completed" and final["process"]["return_code"] == 1
 
 
@@ -409,26 +421,195 @@ def test_the_form_is_validated(client: FlaskClient) -> None:
     assert client.get("/evaluations/not-a-uuid").status_code == 404
 
 
-@pytest.mark.browser
-def test_the_evaluation_page_streams_its_log_then_shows_the_metrics(server: Server) -> None:
-    """In Chromium: the form, then the page's live log (stream.js) and its reload once COMPLETED."""
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("needs Debian's chromium (/usr/bin/chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+# ==================================================================== in Chromium, as a person ===
+@pytest.fixture(scope="module")
+def chromium() -> t.Iterator[Browser]:
+    """Debian's headless Chromium via Playwright; skipped without it unless PROCMAN_REQUIRE_BROWSER=1."""
+    def missing(reason: str) -> t.NoReturn:
+        if os.environ.get("PROCMAN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason} (apt-get install chromium; pip install playwright)", pytrace=False)
+        pytest.skip(reason)
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the Python package playwright is not installed")
+    if not os.path.exists(CHROMIUM):
+        missing(f"{CHROMIUM} does not exist")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page()
-            page.goto(server.url + "/evaluations/new")
-            page.select_option("#dataset", "imbalanced_blobs.csv")
-            page.fill("#duration", "1.5")
-            page.click("button[type=submit]")
-            page.wait_for_url(re.compile(r".*/evaluations/[0-9a-f-]{36}$"))
-            page.wait_for_function("document.getElementById('live-log').textContent.includes('progress')",
-                                   timeout=10_000)
-            page.wait_for_selector("#metrics", timeout=20_000)  # the page reloads itself once COMPLETED
-            assert page.text_content("#evaluation-status") == "COMPLETED"
-            assert "imbalanced dataset" in (page.text_content("#live-log") or "")
-            assert "exit status 0" in (page.text_content("#live-log-state") or "")
+            yield launched
         finally:
-            browser.close()
+            launched.close()
+
+
+class Watched(t.NamedTuple):
+    page: Page
+    problems: list[str]  # console errors, uncaught exceptions and 4xx/5xx answers
+
+
+def open_page(browser: Browser, *, width: int, height: int = 900, zone: str | None = None) -> Watched:
+    """A fresh context and page that records every console error, page error and failed answer."""
+    context = browser.new_context(viewport={"width": width, "height": height}, timezone_id=zone, locale="en-US")
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return Watched(page, problems)
+
+
+def fits_the_width(page: Page, width: int) -> None:
+    scroll = page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth]")
+    assert max(scroll) <= width, f"the page is {scroll} px wide in a {width} px viewport"
+
+
+def in_view(page: Page, selector: str, width: int) -> None:
+    """Every element matching ``selector`` is visible and lies within the viewport's width."""
+    boxes = page.eval_on_selector_all(selector, "els => els.map(e => { const r = e.getBoundingClientRect(); "
+                                                "return [r.left, r.right, r.width, r.height]; })")
+    assert boxes, selector
+    for left, right, box_width, box_height in boxes:
+        assert box_width > 0 and box_height > 0 and left >= 0 and right <= width, (selector, boxes)
+
+
+@pytest.mark.browser
+def test_the_list_fits_a_phone_and_every_row_links_to_its_evaluation(
+        server: Server, http: requests.Session, chromium: Browser) -> None:
+    """Issue 9: at 390 px the status, created and View columns were behind a sideways scroll (the page
+    was 697 px wide). Now the list fits and the whole row is the link."""
+    from playwright.sync_api import expect
+
+    done = start_evaluation(server, http, model="baseline-majority", duration="0.2")
+    failed = start_evaluation(server, http, model="mean-threshold", duration="0.2", fail=True)
+    wait_final(server, http, done)
+    wait_final(server, http, failed)
+    running = start_evaluation(server, http, model="centroid-v1", duration="60")
+    wait_running(server, http, running)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for width, name in ((390, "example-list-390.png"), (1280, "example-list.png")):
+            watched = open_page(chromium, width=width, height=844, zone="Asia/Tokyo")
+            page = watched.page
+            try:
+                page.goto(server.url + "/")
+                expect(page.locator("#refresh-state")).to_contain_text("Updated", timeout=10_000)  # rows re-rendered
+                fits_the_width(page, width)
+                for uid in (done, failed, running):
+                    row = f'#evaluations tr[data-uuid="{uid}"]'
+                    in_view(page, f"{row} .badge", width)
+                    in_view(page, f"{row} a.row-link", width)
+                    in_view(page, f"{row} .col-duration", width)
+                    in_view(page, f"{row} time", width)
+                    expect(page.locator(f"{row} time")).to_contain_text("GMT+9")  # the reader's zone, named
+                expect(page.locator(f'tr[data-uuid="{running}"] .badge')).to_have_text("IN_PROGRESS")
+                live = page.locator(f'tr[data-uuid="{running}"] .duration')
+                expect(live).to_have_text(re.compile(r"^\d+ s$"))
+                # After a later refresh (the page is older than 2 s by then), the live duration still
+                # counts from when the rows were rendered, not from when the page was loaded.
+                updated = page.text_content("#refresh-state")
+                expect(page.locator("#refresh-state")).not_to_have_text(updated or "", timeout=10_000)
+                shown = int((live.text_content() or "").split()[0])
+                actual = state(server, http, running)["process"]["duration"]
+                assert actual - 2.5 <= shown <= actual + 1, (shown, actual)
+                page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+                # The row is the link (stretched over it): a tap on its status badge opens the evaluation.
+                box = page.locator(f'tr[data-uuid="{failed}"] .badge').bounding_box()
+                assert box is not None
+                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.wait_for_url(f"**/evaluations/{failed}")
+                expect(page.locator("#evaluation-status")).to_have_text("FAILED")
+                fits_the_width(page, width)
+                in_view(page, "#retry-form button", width)
+                in_view(page, "#delete-form button", width)
+                page.screenshot(path=str(ARTIFACTS / name.replace("list", "failed")), full_page=True)
+
+                page.goto(f"{server.url}/evaluations/{running}")
+                duration = page.locator("#evaluation-duration")
+                first = duration.text_content()
+                expect(duration).not_to_have_text(first or "", timeout=5_000)  # counts up while it runs
+                expect(duration).to_have_text(re.compile(r"^\d+ s$"))
+                expect(page.locator("#live-log")).to_contain_text("progress", timeout=15_000)
+                fits_the_width(page, width)
+                page.screenshot(path=str(ARTIFACTS / name.replace("list", "running")), full_page=True)
+
+                page.goto(server.url + "/evaluations/new")
+                fits_the_width(page, width)
+                page.screenshot(path=str(ARTIFACTS / name.replace("list", "new")), full_page=True)
+                assert not watched.problems, watched.problems  # the favicon included
+            finally:
+                page.context.close()
+    finally:
+        server.flask("procman", "stop", running)
+
+
+@pytest.mark.browser
+def test_a_reload_shows_the_log_in_the_order_it_was_shown_live(server: Server, chromium: Browser) -> None:
+    """Issue 9: the log showed stdout and stderr interleaved live, then, after the reload at completion,
+    every stderr line at the end. The script writes to both (warnings between progress lines)."""
+    watched = open_page(chromium, width=1280)
+    page = watched.page
+    shown: dict[str, str] = {}  # page load (its time origin) -> the log's text, as last shown
+    loads: list[str] = []
+
+    def record(load: str, text: str) -> None:
+        if load not in shown:
+            loads.append(load)
+        shown[load] = text
+
+    page.expose_function("recordLog", record)
+    page.add_init_script(
+        "document.addEventListener('DOMContentLoaded', () => {"
+        "  const log = document.getElementById('live-log'); if (!log) return;"
+        "  const load = String(performance.timeOrigin);"
+        "  new MutationObserver(() => window.recordLog(load, log.textContent))"
+        "    .observe(log, {childList: true, characterData: true, subtree: true});"
+        "});")
+    try:
+        page.goto(server.url + "/evaluations/new")
+        page.select_option("#dataset", "imbalanced_blobs.csv")
+        page.fill("#duration", "2")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r".*/evaluations/[0-9a-f-]{36}$"))
+        page.wait_for_selector("#metrics", timeout=30_000)  # the page reloaded itself once COMPLETED
+        page.wait_for_function("document.getElementById('live-log-state').textContent.includes('exit status 0')",
+                               timeout=10_000)
+        after = page.text_content("#live-log") or ""
+        assert len(loads) == 2, loads  # live, then the reload
+        live = shown[loads[0]]
+        assert live == after, f"live:\n{live}\n--- after the reload:\n{after}"
+        order = [after.index(text) for text in ("imbalanced dataset", "no held-out split", "evaluating model",
+                                                "progress 20/200", "progress 200/200", "done")]
+        assert order == sorted(order), after
+        assert not watched.problems, watched.problems
+    finally:
+        page.context.close()
+
+
+@pytest.mark.browser
+def test_the_evaluation_page_streams_its_log_then_shows_the_metrics(server: Server, chromium: Browser) -> None:
+    """In Chromium: the form, then the page's live log (stream.js) and its reload once COMPLETED."""
+    watched = open_page(chromium, width=390, height=844)
+    page = watched.page
+    try:
+        page.goto(server.url + "/evaluations/new")
+        page.select_option("#dataset", "imbalanced_blobs.csv")
+        page.fill("#duration", "1.5")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r".*/evaluations/[0-9a-f-]{36}$"))
+        page.wait_for_function("document.getElementById('live-log').textContent.includes('progress')",
+                               timeout=10_000)
+        page.wait_for_selector("#metrics", timeout=20_000)  # the page reloads itself once COMPLETED
+        assert page.text_content("#evaluation-status") == "COMPLETED"
+        assert "imbalanced dataset" in (page.text_content("#live-log") or "")
+        assert "exit status 0" in (page.text_content("#live-log-state") or "")
+        assert re.fullmatch(r"\d+\.\d s", page.text_content("#evaluation-duration") or ""), "a final duration"
+        fits_the_width(page, 390)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "example-completed-390.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.screenshot(path=str(ARTIFACTS / "example-completed.png"), full_page=True)
+        assert not watched.problems, watched.problems
+    finally:
+        page.context.close()

@@ -47,6 +47,7 @@
     listEmpty: $("list-empty"),
     listEmptyTitle: $("list-empty-title"),
     listEmptyHint: $("list-empty-hint"),
+    listRetry: $("list-retry"),
     listTitle: $("list-title-text"),
     listTotal: $("list-total"),
     statusFilter: $("status-filter"),
@@ -178,8 +179,9 @@
 
   // ------------------------------------------------------------ formatting
 
-  const fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-  const fmtDayTime = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  // Times are this browser's local time, always with the zone's name ("14:02:05 CET"): never a bare clock time.
+  const fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
+  const fmtDayTime = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
   const fmtFull = new Intl.DateTimeFormat(undefined, {
     year: "numeric", month: "short", day: "numeric",
     hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
@@ -401,7 +403,7 @@
       let message = (e && e.message) || (typeof e === "string" ? e : "") || (data && data.message) || "";
       if (!message) message = `The server answered ${response.status}${response.statusText ? " " + response.statusText : ""}.`;
       const error = new ApiError(response.status, code, message, data);
-      if ((response.status === 401 || response.status === 403) && !o.noAuthHandling) authFailed(error);
+      if ((response.status === 401 || response.status === 403) && !o.noAuthHandling) authFailed(error, !!o.lock);
       throw error;
     }
     if (data == null && text) throw new ApiError(response.status, "bad_response", "The server sent a response that is not JSON.");
@@ -465,26 +467,59 @@
 
   // ------------------------------------------------------------------ auth
 
-  function authFailed(error) {
+  /**
+   * A refused request. A 401, or a refused read of the list (``lock``: a wrong token, or an authorize
+   * callback that says no), locks the page as a missing token does: refreshing stops, the list says
+   * "Locked" and how to open it. A refused action (stop, delete, start) or a refused read of one
+   * process only says so.
+   */
+  function authFailed(error, lock) {
     const hint = !NEEDS_TOKEN && error.status === 401 ? " Log in to the application, then reload this page." : "";
     showBanner(error.message + hint, "auth");
-    if (!NEEDS_TOKEN) return;
-    showTokenForm(true);
-    if (error.status === 401) {
+    if (NEEDS_TOKEN) showTokenForm(true);
+    if (error.status === 401 || (lock && error.status === 403)) {
       state.authBlocked = true;
       clearTimeout(state.timer);
       closeStream();
       updateLiveIndicator();
-      showLockedList();
+      showLockedList(error);
     }
   }
 
-  function showLockedList() {
+  function showLockedList(error) {
+    el.listRetry.hidden = NEEDS_TOKEN;
     if (state.rows.size) return; // keep what was shown before
     el.listLoading.hidden = true;
     el.listEmpty.hidden = false;
     setText(el.listEmptyTitle, "Locked");
-    setText(el.listEmptyHint, "Enter the API token above to see the processes.");
+    let hint = "Enter the API token above to see the processes.";
+    if (!NEEDS_TOKEN && error && error.code === "api_closed") {
+      hint = "The procman API is closed: set PROCMAN_API_TOKEN or register @procman.authorize in the application, then try again.";
+    } else if (!NEEDS_TOKEN) {
+      hint = "The application does not let you read the processes: log in to it as someone who may, then try again.";
+    }
+    setText(el.listEmptyHint, hint);
+  }
+
+  /** Leave the locked state (a token was given, or "Try again"): load the list and the asked-for process. */
+  function unlock() {
+    state.authBlocked = false;
+    el.listRetry.hidden = true;
+    clearBanner("auth");
+    updateLiveIndicator();
+    if (!state.rows.size) {
+      el.listEmpty.hidden = true;
+      el.listLoading.hidden = false;
+    }
+    refresh();
+    loadPrograms(true).catch(() => {});
+    if (state.pendingId) {
+      const id = state.pendingId;
+      state.pendingId = null;
+      openDetail(id);
+    } else if (state.selectedId) {
+      openDetail(state.selectedId, true);
+    }
   }
 
   function showTokenForm(focus) {
@@ -496,6 +531,7 @@
   }
 
   function initAuth() {
+    el.listRetry.addEventListener("click", unlock);
     if (!NEEDS_TOKEN) return;
     el.tokenButton.hidden = false;
     el.tokenButton.addEventListener("click", () => {
@@ -512,22 +548,7 @@
       setToken(value);
       el.tokenInput.value = "";
       el.tokenForm.hidden = true;
-      state.authBlocked = false;
-      clearBanner("auth");
-      updateLiveIndicator();
-      if (!state.rows.size) {
-        el.listEmpty.hidden = true;
-        el.listLoading.hidden = false;
-      }
-      refresh();
-      loadPrograms(true).catch(() => {});
-      if (state.pendingId) {
-        const id = state.pendingId;
-        state.pendingId = null;
-        openDetail(id);
-      } else if (state.selectedId) {
-        openDetail(state.selectedId, true);
-      }
+      unlock();
     });
     el.tokenForget.addEventListener("click", () => {
       setToken(null);
@@ -606,7 +627,7 @@
     clearTimeout(state.timer);
     const query = { status: state.status, limit: state.limit, offset: state.offset };
     try {
-      const [stats, list] = await Promise.all([api("/stats"), api("/processes", { query })]);
+      const [stats, list] = await Promise.all([api("/stats", { lock: true }), api("/processes", { query, lock: true })]);
       renderStats(stats);
       // Filters may have changed while the request ran: only render a matching answer.
       if (query.status === state.status && query.limit === state.limit && query.offset === state.offset) {

@@ -119,8 +119,8 @@ def test_concurrent_first_uses_upgrade_once(make_app: AppFactory, database_uri: 
     assert columns_at(database_uri) == set(make_table(sa.MetaData()).columns.keys())
 
 
-def test_an_app_db_table_of_0_1_0_asks_for_a_migration(tmp_path: t.Any) -> None:
-    url = f"sqlite:///{tmp_path}/app.db"
+def test_an_app_db_table_of_0_1_0_asks_for_a_migration(tmp_path: t.Any, database_uri: str) -> None:
+    url = database_uri
     make_old_database(url)
     db = SQLAlchemy()
     procman = ProcMan(db=db)

@@ -23,6 +23,8 @@ def can_bind(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def main(argv: list[str]) -> int:
+    """``check_port.py PORT``: 0 when 127.0.0.1:PORT can be bound, 1 (and a free port to use
+    instead, on stderr) when it is busy, 2 for a missing or invalid PORT."""
     if len(argv) != 2 or not argv[1].isdigit() or not 0 < int(argv[1]) < 65536:
         print("usage: check_port.py PORT (1-65535)", file=sys.stderr)
         return 2

@@ -88,6 +88,9 @@ class EvaluateInfo(db.Model):  # type: ignore[name-defined,misc]
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When the last start claimed the row (made it IN_PROGRESS): how long a claim without a
+    #: process has been so (see ``EvaluateService.is_stuck``).
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     model: Mapped[ModelInfo] = relationship(back_populates="evaluations")
 

@@ -13,6 +13,7 @@ evaluation has been recycled meanwhile.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from flask_procman import ProcessManager, ProcessNotFinished, ProcMan
-from flask_procman.store import utcnow
+from flask_procman.store import FINAL, utcnow
 
 from .models import DATA_DIR, EvaluateInfo, EvaluateStatusType, ModelInfo, db
 
@@ -51,8 +52,15 @@ class EvaluationStartError(RuntimeError):
     (or, when it was already running or completed, untouched)."""
 
 
+class EvaluationGone(EvaluationStartError):
+    """The evaluation was deleted while it was being started (a Delete racing a Retry)."""
+
+
 #: The statuses an evaluation may be (re)started from.
 STARTABLE = (EvaluateStatusType.NOT_STARTED.value, EvaluateStatusType.FAILED.value)
+#: How long an IN_PROGRESS claim may go without its process record before Retry and Delete treat
+#: it as stuck (its starter crashed between the claim and the start): far longer than a start takes.
+CLAIM_GRACE = dt.timedelta(seconds=30)
 
 
 class EvaluateService:
@@ -98,17 +106,21 @@ class EvaluateService:
         # another worker as soon as the process ends) always finds a row to finish. A compare-and-set:
         # of two retries at once (two workers, a double click), only one starts the process; the
         # other must not put the running evaluation back to NOT_STARTED.
+        # A stuck IN_PROGRESS row (see is_stuck) is claimed like a startable one, by its claim time.
         claimed = db.session.execute(
             sa.update(EvaluateInfo)
-            .where(EvaluateInfo.uuid == evaluate_uuid, EvaluateInfo.evaluate_status.in_(STARTABLE))
+            .where(EvaluateInfo.uuid == evaluate_uuid, cls._claimable(evaluate))
             .values(evaluate_status=EvaluateStatusType.IN_PROGRESS.value, metrics=None, error=None,
-                    finished_at=None)
+                    finished_at=None, claimed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         db.session.commit()
-        db.session.refresh(evaluate)
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            raise EvaluationStartError(f"The evaluation is {evaluate.evaluate_status}: it cannot be started again.")
+            current = db.session.get(EvaluateInfo, evaluate_uuid, populate_existing=True)
+            if current is None:  # deleted meanwhile (a Delete racing this Retry)
+                raise EvaluationGone("The evaluation no longer exists: it was deleted meanwhile.")
+            raise EvaluationStartError(f"The evaluation is {current.evaluate_status}: it cannot be started again.")
+        db.session.refresh(evaluate)
 
         cmd = cls.build_command(evaluate, model)
         work_dir = cls.output_dir(evaluate_uuid)
@@ -142,6 +154,32 @@ class EvaluateService:
         cls._restore_not_started(evaluate, message)
         raise EvaluationStartError(message)
 
+    @classmethod
+    def is_stuck(cls, evaluate: EvaluateInfo) -> bool:
+        """Whether an IN_PROGRESS evaluation can never leave it by itself: its process (started
+        since the claim) has ended and its completion handler is done, or no process was started
+        within ``CLAIM_GRACE`` of the claim (the starter crashed, or the database failed it and the
+        row could not be put back)."""
+        if evaluate.status is not EvaluateStatusType.IN_PROGRESS:
+            return False
+        record = procman.get_manager().store.get(evaluate.uuid)
+        claimed = evaluate.claimed_at
+        if record is not None and (claimed is None or record["created_at"] >= claimed):  # this claim's run
+            return record["status"] in FINAL and record["handler_state"] != "pending"
+        return claimed is None or utcnow() - claimed > CLAIM_GRACE  # an earlier run's record, or none
+
+    @classmethod
+    def _claimable(cls, evaluate: EvaluateInfo) -> sa.ColumnElement[bool]:
+        """The compare-and-set condition of a claim or a delete, from the row as read: a startable
+        status, or the same stuck claim (so that of two at once, one wins)."""
+        startable = EvaluateInfo.evaluate_status.in_(STARTABLE)
+        if not cls.is_stuck(evaluate):
+            return startable
+        same_claim = (EvaluateInfo.claimed_at.is_(None) if evaluate.claimed_at is None
+                      else EvaluateInfo.claimed_at == evaluate.claimed_at)
+        return sa.or_(startable, sa.and_(EvaluateInfo.evaluate_status == EvaluateStatusType.IN_PROGRESS.value,
+                                         same_claim))
+
     @staticmethod
     def _restore_not_started(evaluate: EvaluateInfo, message: str) -> None:
         evaluate.evaluate_status = EvaluateStatusType.NOT_STARTED.value
@@ -160,13 +198,18 @@ class EvaluateService:
     def delete_evaluate(cls, evaluate_uuid: str) -> bool:
         """Delete an evaluation that is not running: its row, its process record and log, its outputs.
 
-        False when it is IN_PROGRESS (stop it first) or unknown. The row goes first, by a
-        conditional delete, so that a retry racing with it finds no row instead of a half-deleted one.
+        False when it is IN_PROGRESS (stop it first; unless it is stuck, see is_stuck) or unknown.
+        The row goes first, by a conditional delete, so that a retry racing with it finds no row
+        instead of a half-deleted one.
         """
+        evaluate = db.session.get(EvaluateInfo, evaluate_uuid)
+        if evaluate is None:
+            return False
+        condition = (cls._claimable(evaluate) if evaluate.status is EvaluateStatusType.IN_PROGRESS
+                     else EvaluateInfo.evaluate_status != EvaluateStatusType.IN_PROGRESS.value)
         deleted = db.session.execute(
             sa.delete(EvaluateInfo)
-            .where(EvaluateInfo.uuid == evaluate_uuid,
-                   EvaluateInfo.evaluate_status != EvaluateStatusType.IN_PROGRESS.value)
+            .where(EvaluateInfo.uuid == evaluate_uuid, condition)
             .execution_options(synchronize_session=False)
         )
         db.session.commit()

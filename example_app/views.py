@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     jsonify,
     redirect,
@@ -25,7 +26,7 @@ from sqlalchemy.orm import selectinload
 from flask_procman.api import request_has_valid_token
 
 from .models import EvaluateInfo, EvaluateStatusType, ModelInfo, db, list_datasets
-from .service import STARTABLE, EvaluateService, EvaluationStartError, procman
+from .service import STARTABLE, EvaluateService, EvaluationGone, EvaluationStartError, procman
 
 bp = Blueprint("evaluations", __name__)
 
@@ -171,13 +172,14 @@ def show_evaluation(evaluation_id: uuid.UUID) -> str:
     """One evaluation: its status word, the live log of its process and its metrics."""
     evaluation = _evaluation_or_404(evaluation_id)
     has_process = evaluation.status is not EvaluateStatusType.NOT_STARTED
+    api = "procman" in current_app.blueprints  # PROCMAN_API_ENABLED=False: no live log, the page still works
     return render_template(
         "evaluation.html",
         evaluation=evaluation,
         process=_process_of(evaluation, EvaluateService.process_status(evaluation.uuid)),
-        startable=evaluation.evaluate_status in STARTABLE,
-        events_url=url_for("procman.events", process_id=evaluation.uuid) if has_process else None,
-        procman_stream_js=url_for("procman.static", filename="procman/stream.js"),
+        startable=evaluation.evaluate_status in STARTABLE or EvaluateService.is_stuck(evaluation),
+        events_url=url_for("procman.events", process_id=evaluation.uuid) if has_process and api else None,
+        procman_stream_js=url_for("procman.static", filename="procman/stream.js") if api else None,
     )
 
 
@@ -213,11 +215,14 @@ def retry_evaluation(evaluation_id: uuid.UUID) -> t.Any:
     evaluation = _evaluation_or_404(evaluation_id)
     try:
         EvaluateService.run_evaluate(evaluation.uuid)
+    except EvaluationGone as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("evaluations.index"), 303)
     except EvaluationStartError as exc:
         flash(str(exc), "error")
     else:
         flash("Started the evaluation again.", "success")
-    return redirect(url_for("evaluations.show_evaluation", evaluation_id=evaluation.uuid), 303)
+    return redirect(url_for("evaluations.show_evaluation", evaluation_id=evaluation_id), 303)
 
 
 @bp.post("/evaluations/<uuid:evaluation_id>/delete")

@@ -104,7 +104,7 @@ def _local_time(value: dt.datetime | None) -> str:
     if value is None:
         return "-"
     local = value.astimezone()
-    zone = local.strftime("%Z") or local.isoformat()[-6:]
+    zone = local.strftime("%Z") or local.isoformat()[-6:]  # empty for an unknown TZ (TZ=:/no/such/file)
     return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
 
 

@@ -88,8 +88,8 @@ def with_utc_times(table: sa.Table) -> sa.Table:
     copy = sa.Table(table.name, sa.MetaData(), schema=table.schema)
     for column in table.columns:
         kind = UTCDateTime() if isinstance(column.type, sa.DateTime) else column.type
-        default: list[t.Any] = [column.default._copy()] if isinstance(column.default, sa.ColumnDefault) else []
-        copy.append_column(sa.Column(column.name, kind, *default, primary_key=column.primary_key,
+        default = column.default.arg if isinstance(column.default, sa.ColumnDefault) else None
+        copy.append_column(sa.Column(column.name, kind, default=default, primary_key=column.primary_key,
                                      nullable=column.nullable))
     return copy
 
@@ -167,14 +167,50 @@ class Store:
                     if self.engine.dialect.name == "postgresql":
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
                     self.defined_table.create(conn, checkfirst=True)
-            elif not sa.inspect(self.engine).has_table(TABLE_NAME):
+                    self._add_missing_columns(conn)
+            elif not sa.inspect(self.engine).has_table(TABLE_NAME, schema=self.defined_table.schema):
                 raise StoreUnavailable(
                     f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "
                     "db.create_all() or a migration (it is part of db.metadata)."
                 )
+            else:
+                with self.engine.connect() as conn:
+                    missing = self._missing_columns(conn)
+                if missing:
+                    raise StoreUnavailable(
+                        f"The table {TABLE_NAME!r} in the app's database lacks the column(s) "
+                        f"{', '.join(c.name for c in missing)} of this flask-procman version: upgrade it with "
+                        "'flask db migrate && flask db upgrade' (see the README's Migrations section)."
+                    )
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"The process database cannot be reached: {exc.__class__.__name__}.") from exc
         self._checked = True
+
+    def _missing_columns(self, conn: Connection) -> list[sa.Column[t.Any]]:
+        """The columns of the table's definition that the database's table lacks (an older version's)."""
+        table = self.defined_table
+        present = {c["name"] for c in sa.inspect(conn).get_columns(table.name, schema=table.schema)}
+        return [column for column in table.columns if column.name not in present]
+
+    def _add_missing_columns(self, conn: Connection) -> None:
+        """Upgrade a table an older version created: add each column of the definition it lacks
+        (in the creation's transaction, under its lock, so concurrent workers add each once).
+        Columns added after 0.1.0 are nullable; a NOT NULL one could not be added to existing rows."""
+        table = self.defined_table
+        missing = self._missing_columns(conn)
+        for column in missing:
+            if not column.nullable:
+                raise StoreUnavailable(
+                    f"The table {TABLE_NAME!r} lacks the NOT NULL column {column.name!r}, which cannot be "
+                    "added to existing rows automatically: add it by hand or drop the table."
+                )
+            spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            target = conn.dialect.identifier_preparer.format_table(table)
+            conn.exec_driver_sql(f"ALTER TABLE {target} ADD COLUMN {spec}")
+        added = {column.name for column in missing}
+        for index in table.indexes:
+            if added.intersection(c.name for c in index.columns):
+                index.create(conn, checkfirst=True)
 
     @contextlib.contextmanager
     def transaction(self, *, exclusive: bool = False) -> t.Iterator[Connection]:

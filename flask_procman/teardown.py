@@ -16,9 +16,13 @@ How the stop treats the thread that ends the context:
 
 A streamed response outlives its view, and its app context does not: Flask pops it when the view
 returns (with ``stream_with_context`` too, which pushes it again while the body is iterated and so
-tears it down twice). So ``after_request`` hands the processes bound so far to the response: they
-are stopped when the server closes it (the stream is done, or the client went away and a write
-failed), with or without ``stream_with_context``. A process started inside a
+tears it down twice). So the ``request_finished`` signal hands the processes bound so far to the
+response: they are stopped when the server closes it (the stream is done, or the client went away
+and a write failed), with or without ``stream_with_context``. Not an ``after_request`` function:
+those registered before ours run after it and may replace the response (whose ``close`` the server
+would then never call on ours) or raise (after our hand-over). ``request_finished`` carries the final
+response and is not sent when ``process_response`` raises; until it is, the binding stays in ``g``
+for the teardown. A process started inside a
 ``stream_with_context`` body is bound to the re-pushed context and stopped when the body ends.
 """
 
@@ -29,7 +33,7 @@ import logging
 import time
 import typing as t
 
-from flask import Flask, current_app, g, has_app_context, has_request_context
+from flask import Flask, current_app, g, has_app_context, has_request_context, request_finished
 
 from .errors import InvalidCommand
 
@@ -113,8 +117,8 @@ def teardown_context(exc: BaseException | None) -> None:
     stop_bound(bound)
 
 
-def hand_over_to_response(response: Response) -> Response:
-    """``after_request``: a streamed response outlives its view, so the processes bound so far
+def hand_over_to_response(sender: Flask, response: Response, **_extra: t.Any) -> None:
+    """``request_finished``: a streamed response outlives its view, so the processes bound so far
     live until the server closes the response (its ``call_on_close``), not until the view returns.
 
     Not for ``direct_passthrough`` responses (``send_file``): servers may send those without ever
@@ -124,10 +128,9 @@ def hand_over_to_response(response: Response) -> Response:
         bound: BoundProcesses | None = g.pop(_G_NAME, None)
         if bound is not None:
             response.call_on_close(lambda: stop_bound(bound))
-    return response
 
 
 def register(app: Flask) -> None:
     """Install the teardown and the streamed-response hand-over on ``app`` (from ``init_app``)."""
-    app.after_request(hand_over_to_response)
+    request_finished.connect(hand_over_to_response, app)
     app.teardown_appcontext(teardown_context)

@@ -321,6 +321,34 @@ def test_an_authorize_callback_refusing_reads_locks_the_dashboard_until_allowed(
     expect(page.locator("#error-banner")).to_be_hidden()
 
 
+def test_access_lost_with_rows_shown_offers_try_again(served: Served, page: Page) -> None:
+    """Rows on the page, then a refresh is refused (403): locked, the rows kept, and "Try again" in
+    the banner (it sat in the empty-list box, which rows hide, so there was no way back)."""
+    from playwright.sync_api import expect
+
+    gate = {"open": True}
+    served.app.config["PROCMAN_API_TOKEN"] = None
+    served.procman.authorize(lambda action, process_id: gate["open"])
+    with served.app.app_context():
+        assert served.procman.start_process("shown", py("import time; time.sleep(30)"))
+    page.goto(served.url)
+    row = page.locator('tr[data-process-id="shown"] td.status')
+    expect(row).to_have_text("running", timeout=WAIT_MS)
+
+    gate["open"] = False  # e.g. the session expired
+    expect(page.locator("#refresh-label")).to_have_text("Locked", timeout=WAIT_MS)
+    expect(page.locator("#error-banner")).to_be_visible()
+    expect(page.locator("#list-retry")).to_be_visible()
+    expect(row).to_have_text("running")  # what was shown stays
+    page.screenshot(path=str(ARTIFACTS / "dashboard-access-lost.png"))
+
+    gate["open"] = True
+    page.click("#list-retry")
+    expect(page.locator("#refresh-label")).to_have_text("Live", timeout=WAIT_MS)
+    expect(page.locator("#list-retry")).to_be_hidden()
+    expect(page.locator("#error-banner")).to_be_hidden()
+
+
 def test_times_on_the_dashboard_name_their_zone(served: Served, browser: Browser) -> None:
     """Issue 9: times were local without a zone. They stay local, with the zone's name."""
     from playwright.sync_api import expect

@@ -4,6 +4,7 @@ The example as a real gunicorn server and in Chromium: ``test_example_app.py``."
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shutil
@@ -15,14 +16,16 @@ import typing as t
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import free_port, present, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
 from test_example_app import REPO, add_evaluation, build_app, close_app, fresh_status
 
 from example_app.models import EvaluateInfo, db
-from example_app.service import EvaluateService, EvaluationStartError, describe_failure
+from example_app.service import CLAIM_GRACE, EvaluateService, EvaluationStartError, describe_failure, procman
 from example_app.views import format_duration
+from flask_procman.store import utcnow
 
 
 @pytest.fixture
@@ -142,6 +145,110 @@ def test_two_retries_at_once_start_one_process(app: Flask) -> None:
     with app.app_context():
         assert fresh_status(uid) == "IN_PROGRESS"
         assert present(EvaluateService.process_status(uid))["status"] == "running"
+
+
+def claim_without_a_process(uid: str, ago: float) -> None:
+    """The row as a starter leaves it when it dies between its claim's commit and its start (or when
+    the database failed the start and the row could not be put back): IN_PROGRESS, no new process."""
+    db.session.execute(sa.update(EvaluateInfo).where(EvaluateInfo.uuid == uid).values(
+        evaluate_status="IN_PROGRESS", claimed_at=utcnow() - dt.timedelta(seconds=ago)))
+    db.session.commit()
+
+
+def test_a_claim_whose_start_never_came_can_be_retried_and_deleted(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        uid, other = add_evaluation(duration=0.2), add_evaluation(duration=0.2)
+        claim_without_a_process(uid, ago=1)  # within the grace: a start may still be on its way
+        claim_without_a_process(other, ago=CLAIM_GRACE.total_seconds() + 5)
+    token = form_token(client)
+    page = client.get(f"/evaluations/{uid}").get_data(as_text=True)
+    assert 'id="retry-form"' not in page and 'id="delete-form"' not in page
+    twice = client.post(f"/evaluations/{uid}/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert "cannot be started again" in twice.get_data(as_text=True)
+    refused = client.post(f"/evaluations/{uid}/delete", data={"csrf_token": token}, follow_redirects=True)
+    assert "stop it before deleting it" in refused.get_data(as_text=True)
+
+    # Past the grace it is stuck: Retry starts it, Delete deletes it.
+    page = client.get(f"/evaluations/{other}").get_data(as_text=True)
+    assert 'id="retry-form"' in page and 'id="delete-form"' in page
+    retried = client.post(f"/evaluations/{other}/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert "Started the evaluation again" in retried.get_data(as_text=True)
+    with app.app_context():
+        EvaluateService._process_manager.wait(other, timeout=20)
+        wait_until(lambda: fresh_status(other) == "COMPLETED", timeout=10, message="the handler to finish")
+        claim_without_a_process(uid, ago=CLAIM_GRACE.total_seconds() + 5)
+    deleted = client.post(f"/evaluations/{uid}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 303
+    with app.app_context():
+        assert row_of(uid) is None
+
+
+def test_a_run_ended_without_the_row_finished_can_be_retried_and_deleted(app: Flask, client: FlaskClient) -> None:
+    """The run since the claim has ended and its handler is done, yet the row is IN_PROGRESS (the
+    handler could not write it): stuck at once. A record of an EARLIER run does not count."""
+    with app.app_context():
+        uid = add_evaluation(duration=0.2)
+        EvaluateService.run_evaluate(uid)
+        EvaluateService._process_manager.wait(uid, timeout=20)
+        wait_until(lambda: fresh_status(uid) == "COMPLETED", timeout=10, message="the handler to finish")
+        record = present(procman.get_manager().store.get(uid))
+        assert record["handler_state"] == "done"
+        # A fresh claim of a retry, its start not there yet: the earlier run's record is no sign.
+        claim_without_a_process(uid, ago=0)
+        assert not EvaluateService.is_stuck(present(row_of(uid)))
+        # The handler of this claim's run failed to record the end.
+        db.session.execute(sa.update(EvaluateInfo).where(EvaluateInfo.uuid == uid).values(
+            claimed_at=record["created_at"] - dt.timedelta(seconds=1)))
+        db.session.commit()
+        assert EvaluateService.is_stuck(present(row_of(uid)))
+    token = form_token(client)
+    retried = client.post(f"/evaluations/{uid}/retry", data={"csrf_token": token}, follow_redirects=True)
+    assert "Started the evaluation again" in retried.get_data(as_text=True)
+    with app.app_context():
+        EvaluateService._process_manager.wait(uid, timeout=20)
+        wait_until(lambda: fresh_status(uid) == "COMPLETED", timeout=10, message="the handler to finish")
+        db.session.execute(sa.update(EvaluateInfo).where(EvaluateInfo.uuid == uid).values(
+            evaluate_status="IN_PROGRESS"))
+        db.session.commit()
+    assert client.post(f"/evaluations/{uid}/delete", data={"csrf_token": token}).status_code == 303
+    with app.app_context():
+        assert row_of(uid) is None and EvaluateService.process_status(uid) is None
+
+
+def test_a_retry_whose_row_is_deleted_meanwhile(app: Flask, client: FlaskClient) -> None:
+    """A Delete commits between the Retry's read of the row and its claim: no 500, the page is gone."""
+    with app.app_context():
+        uid = add_evaluation(duration=0.2)
+        engine = db.engine
+    token = form_token(client)
+
+    def delete_first(conn: t.Any, cursor: t.Any, statement: str, *_args: t.Any) -> None:
+        if statement.startswith("UPDATE evaluate_info"):  # the claim: the row goes just before it
+            cursor.execute("DELETE FROM evaluate_info WHERE uuid = ?", (uid,))
+
+    sa.event.listen(engine, "before_cursor_execute", delete_first)
+    try:
+        retried = client.post(f"/evaluations/{uid}/retry", data={"csrf_token": token})
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", delete_first)
+    assert retried.status_code == 303 and retried.headers["Location"].endswith("/")  # to the list
+    assert "no longer exists" in client.get(retried.headers["Location"]).get_data(as_text=True)
+    assert client.get(f"/evaluations/{uid}").status_code == 404
+    with app.app_context():
+        assert row_of(uid) is None and EvaluateService.process_status(uid) is None
+
+
+def test_the_example_runs_without_the_procman_api(tmp_path: Path) -> None:
+    app = build_app(tmp_path / "instance", PROCMAN_API_ENABLED=False)
+    try:
+        assert "procman" not in app.blueprints
+        with app.app_context():
+            uid = add_evaluation()
+        client = app.test_client()
+        assert client.get("/").status_code == 200
+        assert client.get(f"/evaluations/{uid}").status_code == 200  # without its live log
+    finally:
+        close_app(app)
 
 
 def test_csrf_protect_guards_the_forms_but_not_the_procman_api(app: Flask, client: FlaskClient) -> None:

@@ -18,8 +18,8 @@ import urllib.request
 import psutil
 import pytest
 import sqlalchemy as sa
-from conftest import AppFactory, present, py, wait_until
-from flask import Flask, Response, stream_with_context
+from conftest import AppFactory, present, py, stop_everything, wait_until
+from flask import Flask, Response, request, stream_with_context
 from werkzeug.serving import make_server
 
 from flask_procman import InvalidCommand, Manager, ProcessManager, ProcMan
@@ -376,6 +376,62 @@ def test_a_stream_read_to_its_end_keeps_the_completed_record(make_app: AppFactor
         assert response.get_data() == b"one\ntwo\n"
     final = present(manager_of(app).get_process_status("short"))
     assert final["status"] == "completed" and final["return_code"] == 0
+
+
+@pytest.fixture
+def app_with_earlier_after_request(tmp_path: t.Any) -> t.Iterator[Flask]:
+    """An app whose ``after_request`` functions are registered before ``ProcMan(app)`` (so they run
+    after anything ``init_app`` registers): ``/replaced/<name>`` streams a bound TREE through a new
+    response object, ``/raises/<name>`` streams one and its after_request raises."""
+    app = Flask("early", instance_path=str(tmp_path / "instance"))
+    app.config.update(PROCMAN_LOG_DIR=str(tmp_path / "logs"), PROCMAN_POLL_INTERVAL=0.1, PROCMAN_STOP_TIMEOUT=2.0,
+                      PROPAGATE_EXCEPTIONS=False)
+
+    @app.after_request
+    def rewrap(response: Response) -> Response:
+        if request.path.startswith("/replaced/"):
+            return Response(response.response, mimetype=response.mimetype)
+        if request.path.startswith("/raises/"):
+            raise RuntimeError("an after_request function failed")
+        return response
+
+    procman = ProcMan(app)
+
+    @app.get("/<kind>/<name>")
+    def stream(kind: str, name: str) -> Response:
+        procman.start_process(name, TREE, stop_on_teardown=True)
+        return Response(output_of(procman.get_manager(), name), mimetype="text/plain")
+
+    try:
+        yield app
+    finally:
+        stop_everything(app)
+
+
+def test_an_earlier_after_request_replacing_the_response(app_with_earlier_after_request: Flask,
+                                                         serve: t.Callable[[Flask], int]) -> None:
+    """The server closes the replacing response, not ours: the bound process is stopped all the same."""
+    app = app_with_earlier_after_request
+    manager = manager_of(app)
+    client = StreamClient(serve(app), "/replaced/swapped")
+    try:
+        client.read_until(b"tick 3")
+        tree = tree_pids(manager, "swapped")
+        assert present(manager.get_process_status("swapped"))["status"] == "running"
+    finally:
+        client.close()
+    final = manager.wait("swapped", timeout=20)
+    assert final["status"] == "stopped" and final["error"] == "stopped at teardown"
+    assert all_dead(tree)
+
+
+def test_an_earlier_after_request_raising(app_with_earlier_after_request: Flask) -> None:
+    """The streamed response is never sent (a 500 is): the context's teardown stops the process."""
+    app = app_with_earlier_after_request
+    response = app.test_client().get("/raises/failed")
+    assert response.status_code == 500
+    final = manager_of(app).wait("failed", timeout=20)
+    assert final["status"] == "stopped" and final["error"] == "stopped at teardown"
 
 
 # ================================================================ CLI commands ===================

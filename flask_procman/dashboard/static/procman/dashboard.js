@@ -487,7 +487,7 @@
   }
 
   function showLockedList(error) {
-    el.listRetry.hidden = NEEDS_TOKEN;
+    el.listRetry.hidden = NEEDS_TOKEN; // in the banner: there with rows shown too (access lost mid-session)
     if (state.rows.size) return; // keep what was shown before
     el.listLoading.hidden = true;
     el.listEmpty.hidden = false;

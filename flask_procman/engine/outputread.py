@@ -1,0 +1,52 @@
+"""Reading a log by offset or by time, with what the reader must know: dropped head, byte times."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from . import timeindex
+from .logfiles import LogFiles
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputChunk:
+    """Bytes of one stream and where they sit."""
+
+    #: The bytes read.
+    data: bytes
+    #: The offset of ``data[0]`` (above the offset asked for when that part was dropped).
+    offset: int
+    #: The offset to read from next.
+    next_offset: int
+    #: True when bytes between the offset asked for and ``offset`` were dropped (``max_log_bytes``).
+    truncated: bool
+    #: ``(offset, unix time)`` pairs timing ``data``: the first at ``offset``; each byte was written
+    #: after the time of the last pair at or below it, to about a second (empty when unknown).
+    times: tuple[tuple[int, float], ...]
+
+    @property
+    def time(self) -> dt.datetime | None:
+        """When the first byte was written (to about a second), or None when unknown."""
+        if not self.times:
+            return None
+        return dt.datetime.fromtimestamp(self.times[0][1], dt.timezone.utc)
+
+
+def offset_since(logs: LogFiles, stream: str, since: dt.datetime) -> int:
+    """The offset of the first byte written at or after ``since`` (to about a second, never later)."""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=dt.timezone.utc)
+    entries = timeindex.load(logs.path(stream))
+    if not entries:
+        return 0
+    return timeindex.offset_at(entries, since.timestamp())
+
+
+def read_chunk(logs: LogFiles, stream: str, offset: int, limit: int) -> OutputChunk:
+    """Up to ``limit`` bytes of ``stream`` from ``offset`` (from the first kept byte when the head
+    was dropped), with their times."""
+    data, start, next_offset = logs.read_at(stream, offset, limit)
+    entries = timeindex.load(logs.path(stream))
+    times = timeindex.covering(entries, start, max(next_offset, start + 1)) if entries else []
+    return OutputChunk(data, start, next_offset, start > offset, tuple(times))

@@ -117,6 +117,24 @@ def _duration(seconds: float | None) -> str:
     return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _progress(progress: t.Mapping[str, t.Any] | None) -> str:
+    """A progress report in a few characters: ``60/200 30% eta 12s`` ("-" for none)."""
+    if not progress:
+        return "-"
+    text = _number(progress["done"])
+    if progress["total"] is not None:
+        text += f"/{_number(progress['total'])}"
+    if progress["fraction"] is not None:
+        text += f" {progress['fraction'] * 100:.0f}%"
+    if progress["eta_seconds"]:
+        text += f" eta {_duration(progress['eta_seconds'])}"
+    return text
+
+
 def _command_line(cmd: t.Sequence[str]) -> str:
     """A command as one shell-quoted line, control characters (newlines...) escaped."""
     return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], shlex.join(cmd))
@@ -182,18 +200,19 @@ def _copy(manager: Manager, process_id: str, stream: str, offset: int, out: t.Bi
     return offset
 
 
-def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines: int) -> int:
+def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines: int, floor: int = 0) -> int:
     """The byte offset where the last ``lines`` lines of the first ``size`` bytes begin.
 
     The log is read backwards from ``size`` one block at a time, only as far as needed; a newline
-    that ends the file ends the last line rather than starting an empty one.
+    that ends the file ends the last line rather than starting an empty one. ``floor`` is the
+    first byte still kept (a capped log's dropped head).
     """
     if lines <= 0:
         return size
     found = 0
     pos = size
-    while pos > 0:
-        start = max(0, pos - _TAIL_BLOCK)
+    while pos > floor:
+        start = max(floor, pos - _TAIL_BLOCK)
         data, _ = manager.read_output(process_id, stream, start, pos - start)
         if len(data) < pos - start:  # the file shrank (recreated): show what is there
             return 0
@@ -207,7 +226,7 @@ def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines
                 if found == lines:
                     return start + index + 1
         pos = start
-    return 0
+    return floor
 
 
 def _follow(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, int, t.BinaryIO]]) -> tuple[str, int | None]:
@@ -301,10 +320,10 @@ def list_command(statuses: tuple[str, ...], limit: int | None, as_json: bool) ->
     if not processes:
         click.echo("No processes.", err=True)
         return
-    header = ("ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "COMMAND")
+    header = ("ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "PROGRESS", "COMMAND")
     rows = [
         (p["id"], p["status"], _value(p["pid"]), _local_time(p["started_at"]), _duration(p["duration"]),
-         _value(p["return_code"]), _shorten(_command_line(p["cmd"]), _CMD_WIDTH))
+         _value(p["return_code"]), _progress(p.get("progress")), _shorten(_command_line(p["cmd"]), _CMD_WIDTH))
         for p in processes
     ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
@@ -331,6 +350,7 @@ def status_command(process_id: str, as_json: bool) -> None:
         ("created", _local_time(status["created_at"])), ("started", _local_time(status["started_at"])),
         ("finished", _local_time(status["finished_at"])), ("duration", _duration(status["duration"])),
         ("timeout", status["timeout"]), ("env keys", ", ".join(status["env_keys"]) or None),
+        ("progress", _progress(status.get("progress"))),
         ("stdout", f"{status['stdout_size']} bytes"),
         ("stderr", "merged into stdout" if status["merge_stderr"] else f"{status['stderr_size']} bytes"),
         ("metadata", json.dumps(status["metadata"]) if status["metadata"] is not None else None),
@@ -357,7 +377,11 @@ def logs_command(process_id: str, use_stderr: bool, follow: bool, lines: int | N
     if use_stderr and status["merge_stderr"]:
         raise click.ClickException(f"Process {process_id!r} merges stderr into stdout: its stderr is in its stdout log.")
     size = status[f"{stream}_size"]
-    start = 0 if lines is None else _tail_start(manager, process_id, stream, size, lines)
+    dropped = status.get(f"{stream}_dropped") or 0
+    start = 0 if lines is None else _tail_start(manager, process_id, stream, size, lines, dropped)
+    if start < dropped:
+        click.echo(f"procman: the first {dropped} bytes of {stream} were dropped (max_log_bytes); "
+                   f"printing from byte {dropped}.", err=True)
     out = _binary_stream("stdout")
     if follow:
         _follow_and_exit(manager, process_id, [(stream, start, out)])

@@ -44,13 +44,14 @@ def format_line(done: float, total: float | None = None, message: str | None = N
 def report(done: float, total: float | None = None, message: str | None = None) -> bool:
     """Tell procman that ``done`` of ``total`` units are done (``message`` says what is going on).
 
-    Returns False (and does nothing) outside procman. Never raises for I/O errors: progress is
+    Returns False (and does nothing) outside procman. ``ValueError`` for a negative or
+    non-finite number; never raises for I/O errors: progress is
     a nicety, and a full disk must not kill the evaluation that reports it.
     """
+    data = format_line(done, total, message).encode("utf-8")  # a wrong call fails outside procman too
     path = os.environ.get(ENV_VAR)
     if not path:
         return False
-    data = format_line(done, total, message).encode("utf-8")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:

@@ -92,8 +92,12 @@ def index() -> str:
 
 @bp.get("/evaluations.json")
 def evaluations_json() -> Response:
-    """Every evaluation as a JSON list, newest first."""
-    return jsonify([evaluation.summary() for evaluation in _all_evaluations()])
+    """Every evaluation as a JSON list, newest first, each with its process's ``progress`` (or None)."""
+    manager = procman.get_manager()
+    progress = {p["id"]: p["progress"] for p in procman.list_processes()}
+    return jsonify([{**evaluation.summary(),
+                     "progress": manager.status_to_json({"progress": progress.get(evaluation.uuid)})["progress"]}
+                    for evaluation in _all_evaluations()])
 
 
 def _render_form(error: str | None = None, status: int = 200) -> tuple[str, int]:

@@ -720,18 +720,20 @@
     const tr = make("tr", "row");
     tr.dataset.processId = id;
     tr.tabIndex = 0;
-    const cells = ["col-id mono", "col-program", "status col-status", "col-pid num mono", "col-started", "col-duration num", "col-rc num mono", "col-cmd mono"];
+    const cells = ["col-id mono", "col-program", "status col-status", "col-progress", "col-pid num mono", "col-started", "col-duration num", "col-rc num mono", "col-cmd mono"];
     for (const cls of cells) tr.appendChild(make("td", cls));
     const idCell = tr.cells[0];
     idCell.appendChild(make("span", "id-text", id));
     idCell.title = id;
     tr.cells[2].appendChild(make("span", "pill"));
-    tr.cells[7].appendChild(make("span", "cmd-text"));
+    tr.cells[3].appendChild(make("span", "row-progress"));
+    tr.cells[8].appendChild(make("span", "cmd-text"));
     return tr;
   }
 
   function updateRow(tr, p) {
-    const [, program, status, pid, started, duration, rc, cmd] = tr.cells;
+    const [, program, status, progress, pid, started, duration, rc, cmd] = tr.cells;
+    if (window.ProcmanProgress) window.ProcmanProgress.update(progress.firstChild, p.progress, p.status === "running", false);
     setAttr(tr, "data-status", p.status);
     if (p.program) {
       setText(program, p.program);
@@ -886,6 +888,7 @@
     for (const node of document.querySelectorAll("[data-rel]")) {
       setText(node, relative(node.dataset.rel));
     }
+    if (window.ProcmanProgress) window.ProcmanProgress.tick();
   }
 
   // ------------------------------------------------------------- log views
@@ -1291,6 +1294,7 @@
     renderEnvKeys(fieldNode("env_keys"), p.env_keys);
     setField("cwd", p.cwd || "—", { muted: !p.cwd });
 
+    if (window.ProcmanProgress) window.ProcmanProgress.update($("detail-progress"), p.progress, p.status === "running", true);
     el.detailError.hidden = !p.error;
     setText(el.detailErrorText, p.error || "");
     setText(el.detailCmd, commandText(p.cmd));
@@ -1494,6 +1498,8 @@
           addOutput(type, data.data || "", data.offset, data.next_offset);
         } else if (type === "status" && data && typeof data === "object") {
           mergeDetail(data);
+        } else if (type === "progress" && data && typeof data === "object" && state.detail) {
+          mergeDetail({ id: state.detail.id, progress: data });
         } else if (type === "end" && data && data.status === "removed") {
           // The record was deleted while we watched.
           flushLogs();

@@ -379,7 +379,7 @@ def logs_command(process_id: str, use_stderr: bool, follow: bool, lines: int | N
     size = status[f"{stream}_size"]
     dropped = status.get(f"{stream}_dropped") or 0
     start = 0 if lines is None else _tail_start(manager, process_id, stream, size, lines, dropped)
-    if start < dropped:
+    if dropped and start <= dropped:  # the output shown begins where the head was dropped
         click.echo(f"procman: the first {dropped} bytes of {stream} were dropped (max_log_bytes); "
                    f"printing from byte {dropped}.", err=True)
     out = _binary_stream("stdout")

@@ -48,7 +48,7 @@ class OutputKeeper:
     #: Seconds between two looks.
     INTERVAL = 0.1
     #: Seconds between two looks while a capped log grows by more than an eighth of its cap per look.
-    FAST = 0.02
+    FAST = 0.005
 
     def __init__(self, log_dir: str, on_limit: LimitCallback) -> None:
         self._log_dir = log_dir

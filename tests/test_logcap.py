@@ -83,6 +83,8 @@ def test_a_1_gib_writer_under_a_10_mib_cap_keeps_the_disk_use_near_10_mib(make_a
         early = _pm(app).read_chunk("big", "stdout", 0, 4096)
         status = _pm(app).wait("big", timeout=300)
     elapsed = time.monotonic() - began
+    # The watcher's last look at a run comes just after its end is recorded.
+    wait_until(lambda: os.stat(log).st_blocks * 512 <= 10 * MIB + 64 * 1024, message="the last look's punch")
     peak = sampler.stop()
     info = os.stat(log)
     with capsys.disabled():
@@ -93,7 +95,7 @@ def test_a_1_gib_writer_under_a_10_mib_cap_keeps_the_disk_use_near_10_mib(make_a
     _check_pattern(early.data, 0)
 
     assert info.st_size == 1024 * MIB  # offsets never move: the file keeps its size
-    assert info.st_blocks * 512 <= 10 * MIB + 64 * 1024  # what is on disk: the newest 10 MiB (whole blocks)
+    assert info.st_blocks * 512 >= 10 * MIB  # what is on disk: the newest 10 MiB (whole blocks)
     assert peak <= 10 * MIB + 256 * MIB  # never more than the cap plus what one look lets through
     dropped = status["stdout_dropped"]
     assert 1024 * MIB - 10 * MIB - 4096 <= dropped <= 1024 * MIB - 10 * MIB
@@ -147,7 +149,7 @@ def test_a_run_below_its_cap_is_untouched_and_options_are_checked(make_app: AppF
         for bad in ({"max_log_bytes": 100}, {"max_log_bytes": True}, {"max_log_action": "rotate"},
                     {"progress": "bar"}):
             with pytest.raises(ValueError):
-                _pm(app).start_process("bad", py("pass"), **bad)  # type: ignore[arg-type]
+                _pm(app).start_process("bad", py("pass"), **bad)
     for key, value in (("PROCMAN_MAX_LOG_BYTES", 1000), ("PROCMAN_MAX_LOG_BYTES", "10M"),
                        ("PROCMAN_MAX_LOG_ACTION", "rotate")):
         with pytest.raises(ValueError, match=key):

@@ -70,12 +70,10 @@ class OutputKeeper:
         return self.FAST if fast else self.INTERVAL
 
     def _forget(self, run: _Run, wall: float, mono: float) -> None:
-        """The run is no longer followed (it ended): time its last bytes now."""
+        """The run is no longer followed (it ended): a last look (its last bytes may be over the
+        cap), then its last bytes are timed at once."""
+        self._look(run, wall, mono)
         for stream in run.streams.values():
-            try:
-                stream.clock.observe(os.stat(stream.path).st_size, wall, mono)
-            except OSError:
-                continue
             stream.clock.flush(mono)
 
     def _look(self, run: _Run, wall: float, mono: float) -> bool:

@@ -96,7 +96,13 @@ def covering(entries: t.Sequence[Entry], start: int, end: int) -> list[Entry]:
 
 
 class StreamClock:
-    """The watcher's view of one growing stream: appends an entry at most once a second."""
+    """The watcher's view of one stream: appends entries at most once a second.
+
+    Two kinds of entry: just before a growth was seen, ``(old size, time of the look that saw
+    it)``, which times the new bytes to within a look; and once the stream pauses, ``(size, time
+    of that look)``, a checkpoint after the bytes (so the next bytes are timed after them even when
+    the look just before them is missed).
+    """
 
     MIN_GAP = 1.0
 
@@ -104,31 +110,48 @@ class StreamClock:
         self.log_path = log_path
         existing = load(log_path)
         self.count = len(existing)
-        self.last_time = existing[-1][1] if existing else float("-inf")
-        self.last_offset = existing[-1][0] if existing else -1
+        self.last_offset, self.last_time = existing[-1] if existing else (-1, float("-inf"))
         self.last_append = float("-inf")  # time.monotonic() of the last append
-        self.seen: tuple[int, float] | None = None  # (size, wall time) at the previous look
+        self.seen: Entry | None = None  # (size, wall time) at the previous look
         self.pending: Entry | None = None
+        self.unmarked = False  # bytes written since the last checkpoint
+
+    def _newer(self, entry: Entry) -> bool:
+        return entry[0] > self.last_offset or (entry[0] == self.last_offset and entry[1] > self.last_time)
 
     def observe(self, size: int, wall: float, mono: float) -> None:
         """Note the stream's size now; append the entry a growth calls for when it is due."""
-        seen = self.seen
-        self.seen = (size, wall)
-        if seen is not None and size > seen[0] and self.pending is None and seen[0] >= self.last_offset \
-                and seen[1] > self.last_time:
-            self.pending = (seen[0], seen[1])  # every byte from seen[0] on came after seen[1]
-        if self.pending is not None and mono - self.last_append >= self.MIN_GAP:
-            self.flush(mono)
+        seen, self.seen = self.seen, (size, wall)
+        grew = size > (seen[0] if seen is not None else max(self.last_offset, 0))
+        if grew:
+            self.unmarked = True
+            if seen is not None and self.pending is None and self._newer(seen):
+                self.pending = seen  # every byte from seen[0] on came after seen[1]
+        if mono - self.last_append < self.MIN_GAP:
+            return
+        if self.pending is not None:
+            entry, self.pending = self.pending, None
+            self._append(entry, mono)
+        elif self.unmarked and not grew:
+            self.unmarked = False
+            self._append((size, wall), mono)
 
     def flush(self, mono: float) -> None:
-        """Append the pending entry now (the stream's end: no waiting for the second to pass)."""
-        if self.pending is None:
-            return
-        offset, wall = self.pending
-        self.pending = None
+        """The stream's end: append what is pending and a last checkpoint now, without waiting."""
+        if self.pending is not None:
+            entry, self.pending = self.pending, None
+            self._append(entry, mono)
+        if self.unmarked and self.seen is not None:
+            self.unmarked = False
+            self._append(self.seen, mono)
+
+    def _append(self, entry: Entry, mono: float) -> None:
+        offset, wall = entry
         wall = max(wall, self.last_time)  # a clock stepped back: never let times go backwards
+        if offset < self.last_offset or (offset, wall) == (self.last_offset, self.last_time):
+            return
         try:
             self.count = append(self.log_path, (offset, wall), self.count)
         except OSError:  # the folder was removed (the record was deleted): nothing to time
             return
-        self.last_time, self.last_offset, self.last_append = wall, offset, mono
+        self.last_offset, self.last_time, self.last_append = offset, wall, mono

@@ -186,10 +186,15 @@ def _time_arg(name: str) -> dt.datetime | None:
 
 
 def _chunk_fields(chunk: OutputChunk, end: int) -> dict[str, t.Any]:
-    """What a JSON read or an SSE chunk says beside its text: dropped head and the times of its bytes."""
+    """What a JSON read or an SSE chunk says beside its text (which ends at ``end``): whether the
+    head was dropped, and the index entries timing its bytes (each byte: by the first entry above it)."""
     time = chunk.time
-    return {"truncated": chunk.truncated, "time": time.isoformat() if time is not None else None,
-            "times": [[offset, when] for offset, when in chunk.times if offset < max(end, chunk.offset + 1)]}
+    times: list[list[float]] = []
+    for offset, when in chunk.times:
+        times.append([offset, when])
+        if offset >= end:
+            break
+    return {"truncated": chunk.truncated, "time": time.isoformat() if time is not None else None, "times": times}
 
 
 def _check_process_id(process_id: str) -> str:
@@ -358,6 +363,7 @@ def events(process_id: str) -> Response:
         yield "retry: 2000\n\n"
         last_status: tuple[t.Any, ...] | None = None
         last_progress: dict[str, t.Any] | None = None
+        timed = [offsets[0], offsets[1]]  # per stream: bytes below this are timed for the client
         last_beat = time.monotonic()
         while True:
             row = manager.store.get(process_id)
@@ -379,10 +385,19 @@ def events(process_id: str) -> Response:
                     start = read.offset  # past the asked offset when a capped log dropped that part
                     offsets[index] = start + len(chunk)
                     sent = True
+                    fields = _chunk_fields(read, offsets[index])
+                    if fields["times"]:
+                        timed[index] = max(timed[index], int(fields["times"][-1][0]))
                     yield _sse(name, {"data": decode_output(chunk), "offset": start, "next_offset": offsets[index],
-                                      **_chunk_fields(read, offsets[index])}, offsets)
+                                      **fields}, offsets)
                     if len(data) < _SSE_CHUNK:
                         break
+                if timed[index] < offsets[index]:  # sent bytes the index had not timed yet: are they now?
+                    late = manager.output_times(process_id, name, timed[index], offsets[index])
+                    if late:
+                        timed[index] = int(late[-1][0])
+                        sent = True
+                        yield _sse("times", {"stream": name, "times": [list(e) for e in late]}, offsets)
             progress = manager.read_progress(row)
             if progress is not None and progress != last_progress:
                 last_progress = progress

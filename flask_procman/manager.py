@@ -19,7 +19,7 @@ from werkzeug.serving import is_running_from_reloader
 
 from . import errors
 from .config import MIB, Settings
-from .engine import outputopts
+from .engine import outputopts, timeindex
 from .engine.local import Identity, kill_trees, process_start_time, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
 from .engine.outputread import OutputChunk, offset_since, read_chunk
@@ -442,6 +442,11 @@ class Manager:
         if since is not None:
             offset = max(offset, offset_since(logs, stream, since))
         return read_chunk(logs, stream, offset, min(limit, 64 * MIB))
+
+    def output_times(self, process_id: str, stream: str, start: int, end: int) -> list[tuple[int, float]]:
+        """The time index entries that time bytes ``[start, end)`` of a stream (see ``read_chunk``)."""
+        logs = LogFiles(self.settings.log_dir, check_process_id(process_id))
+        return timeindex.covering(timeindex.load(logs.path(stream)), start, end)
 
     def list_processes(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
                        offset: int = 0, with_output: bool = False) -> list[dict[str, t.Any]]:

@@ -196,13 +196,15 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                                     "next_offset": {"type": "integer"}, **chunk_extras}},
                 "Event": {
                     "type": "object", "required": ["event", "id", "data"],
-                    "properties": {"event": {"enum": ["stdout", "stderr", "status", "progress", "end"]},
+                    "properties": {"event": {"enum": ["stdout", "stderr", "status", "progress", "times", "end"]},
                                    "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
                                    "data": {"type": "string"}, "retry": {"type": "integer"}},
                     "allOf": [
                         _event("stdout", "stderr", content={"$ref": "#/components/schemas/OutputChunk"}),
                         _event("status", content=status_ref),
                         _event("progress", content=progress),
+                        _event("times", content={"type": "object", "required": ["stream", "times"], "properties": {
+                            "stream": {"enum": ["stdout", "stderr"]}, "times": chunk_extras["times"]}}),
                         _event("end", content={"anyOf": [status_ref, {
                             "type": "object", "required": ["id", "status"], "additionalProperties": False,
                             "properties": {"id": {"type": "string"}, "status": {"const": "removed"}}}]}),

@@ -22,14 +22,14 @@ class OutputChunk:
     next_offset: int
     #: True when bytes between the offset asked for and ``offset`` were dropped (``max_log_bytes``).
     truncated: bool
-    #: ``(offset, unix time)`` pairs timing ``data``: the first at ``offset``; each byte was written
-    #: after the time of the last pair at or below it, to about a second (empty when unknown).
+    #: ``(offset, unix time)`` index entries timing ``data``: each byte was written by the time of
+    #: the first entry above it (to about a second); the newest bytes may have none yet.
     times: tuple[tuple[int, float], ...]
 
     @property
     def time(self) -> dt.datetime | None:
-        """When the first byte was written (to about a second), or None when unknown."""
-        if not self.times:
+        """By when the first byte was written (to about a second), or None while not known yet."""
+        if not self.times or self.times[0][0] <= self.offset:
             return None
         return dt.datetime.fromtimestamp(self.times[0][1], dt.timezone.utc)
 
@@ -55,5 +55,5 @@ def read_chunk(logs: LogFiles, stream: str, offset: int, limit: int) -> OutputCh
     was dropped), with their times."""
     data, start, next_offset = logs.read_at(stream, offset, limit)
     entries = timeindex.load(logs.path(stream))
-    times = timeindex.covering(entries, start, max(next_offset, start + 1)) if entries else []
+    times = timeindex.covering(entries, start, max(next_offset, start + 1))
     return OutputChunk(data, start, next_offset, start > offset, tuple(times))

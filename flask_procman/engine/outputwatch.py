@@ -57,26 +57,24 @@ class OutputKeeper:
 
     def look(self, process_ids: t.Iterable[str]) -> float:
         """Look at the logs of these runs (the ones followed now); the seconds until the next look."""
-        wall, mono = time.time(), time.monotonic()
+        mono = time.monotonic()
         wanted = set(process_ids)
         for process_id in [p for p in self._runs if p not in wanted]:
-            self._forget(self._runs.pop(process_id), wall, mono)
+            self._forget(self._runs.pop(process_id), mono)
         fast = False
         for process_id in wanted:
             run = self._runs.get(process_id)
             if run is None:
                 run = self._runs[process_id] = _Run(process_id, os.path.join(self._log_dir, process_id))
-            fast = self._look(run, wall, mono) or fast
+            fast = self._look(run, mono) or fast
         return self.FAST if fast else self.INTERVAL
 
-    def _forget(self, run: _Run, wall: float, mono: float) -> None:
+    def _forget(self, run: _Run, mono: float) -> None:
         """The run is no longer followed (it ended): a last look (its last bytes may be over the
-        cap), then its last bytes are timed at once."""
-        self._look(run, wall, mono)
-        for stream in run.streams.values():
-            stream.clock.flush(mono)
+        cap), and its last bytes are timed at once."""
+        self._look(run, mono, final=True)
 
-    def _look(self, run: _Run, wall: float, mono: float) -> bool:
+    def _look(self, run: _Run, mono: float, final: bool = False) -> bool:
         if run.options is None:
             run.options = outputopts.read(run.folder)  # written right after the spawn
         options = run.options or OutputOptions()
@@ -90,9 +88,13 @@ class OutputKeeper:
                 continue
             if stream is None:
                 stream = run.streams[name] = _Stream(path, StreamClock(path))
+            wall = time.time()  # after the stat: every byte counted was written by then
             grew = info.st_size - stream.size if stream.size >= 0 else 0
             stream.size = info.st_size
-            stream.clock.observe(info.st_size, wall, mono)
+            if final:
+                stream.clock.flush(info.st_size, wall, mono)
+            else:
+                stream.clock.observe(info.st_size, wall, mono)
             cap = options.max_log_bytes
             if cap is None:
                 continue

@@ -1,13 +1,14 @@
 """When each byte of a log was written: a small (byte offset, wall time) index beside the log.
 
-An entry ``(offset, time)`` says that at ``time`` the log held ``offset`` bytes: every byte from
-``offset`` on was written *after* ``time``, every byte before it at or before ``time``. The
-watcher appends an entry at most once a second while a stream grows (a lower bound taken just
-before the growth was seen), so the time of a byte is known to about a second: the order of two
-streams' bytes within one second is not. Entries are 16 bytes (``<Qd``) appended to
-``<log>.times``; past :data:`MAX_ENTRIES` the older half is thinned out (every other entry
-dropped), so the file stays under 64 KiB. Times never go backwards in the file, even when the
-clock is stepped back (an entry then repeats the previous time).
+An entry ``(offset, time)`` says that at ``time`` the log held ``offset`` bytes: every byte before
+``offset`` was written at or before ``time``, every byte from it on after. The watcher appends one
+at most once a second, at a look that finds the log grown (and one when the run ends), so a byte's
+time is known as "by" the first entry above it, to about a second, and never changes once known:
+later entries have larger offsets. The order of two streams' bytes within one second is not known.
+Entries are 16 bytes (``<Qd``) appended to ``<log>.times``; the first is written when the log is
+created. Past :data:`MAX_ENTRIES` the older half is thinned out (every other entry dropped: their
+bytes are then timed by a later entry), so the file stays under 64 KiB. Times never go backwards in
+the file, even when the clock is stepped back (an entry then repeats the previous time).
 """
 
 from __future__ import annotations
@@ -68,41 +69,36 @@ def thin(entries: list[Entry]) -> list[Entry]:
 def offset_at(entries: t.Sequence[Entry], when: float) -> int:
     """The offset to read from to get every byte written at or after ``when`` (0 when unknown).
 
-    It is the offset of the last entry taken at or before ``when``: bytes before it were written
-    before ``when``; a few after it may have been written up to a second before ``when`` too.
+    It is the offset of the last entry taken before ``when``: every byte below it was written
+    before ``when``; a few above it may have been too (within about a second of ``when``).
     """
     times = [w for _, w in entries]
-    index = bisect.bisect_right(times, when) - 1
+    index = bisect.bisect_left(times, when) - 1
     return entries[index][0] if index >= 0 else 0
 
 
 def time_of(entries: t.Sequence[Entry], offset: int) -> float | None:
-    """When the byte at ``offset`` was written, to about a second (the latest entry at or below
-    it; it was written after that time), or None before the first entry."""
+    """By when the byte at ``offset`` was written (the first entry above it), or None while no
+    entry is above it yet (the watcher writes one within about a second)."""
     offsets = [o for o, _ in entries]
-    index = bisect.bisect_right(offsets, offset) - 1
-    return entries[index][1] if index >= 0 else None
+    index = bisect.bisect_right(offsets, offset)
+    return entries[index][1] if index < len(entries) else None
 
 
 def covering(entries: t.Sequence[Entry], start: int, end: int) -> list[Entry]:
-    """The entries that time the bytes ``[start, end)``: the one covering ``start`` (moved to
-    ``start``) and every later one that starts before ``end``."""
+    """The entries that time the bytes ``[start, end)``: those above ``start`` up to the first at
+    or above ``end`` (each times the bytes between the previous one and itself)."""
     result: list[Entry] = []
-    first = time_of(entries, start)
-    if first is not None:
-        result.append((start, first))
-    result.extend(e for e in entries if start < e[0] < end)
+    for entry in entries:
+        if entry[0] > start:
+            result.append(entry)
+            if entry[0] >= end:
+                break
     return result
 
 
 class StreamClock:
-    """The watcher's view of one stream: appends entries at most once a second.
-
-    Two kinds of entry: just before a growth was seen, ``(old size, time of the look that saw
-    it)``, which times the new bytes to within a look; and once the stream pauses, ``(size, time
-    of that look)``, a checkpoint after the bytes (so the next bytes are timed after them even when
-    the look just before them is missed).
-    """
+    """The watcher's view of one stream: an entry at most once a second while it grows."""
 
     MIN_GAP = 1.0
 
@@ -112,44 +108,21 @@ class StreamClock:
         self.count = len(existing)
         self.last_offset, self.last_time = existing[-1] if existing else (-1, float("-inf"))
         self.last_append = float("-inf")  # time.monotonic() of the last append
-        self.seen: Entry | None = None  # (size, wall time) at the previous look
-        self.pending: Entry | None = None
-        self.unmarked = False  # bytes written since the last checkpoint
-
-    def _newer(self, entry: Entry) -> bool:
-        return entry[0] > self.last_offset or (entry[0] == self.last_offset and entry[1] > self.last_time)
 
     def observe(self, size: int, wall: float, mono: float) -> None:
-        """Note the stream's size now; append the entry a growth calls for when it is due."""
-        seen, self.seen = self.seen, (size, wall)
-        grew = size > (seen[0] if seen is not None else max(self.last_offset, 0))
-        if grew:
-            self.unmarked = True
-            if seen is not None and self.pending is None and self._newer(seen):
-                self.pending = seen  # every byte from seen[0] on came after seen[1]
-        if mono - self.last_append < self.MIN_GAP:
-            return
-        if self.pending is not None:
-            entry, self.pending = self.pending, None
-            self._append(entry, mono)
-        elif self.unmarked and not grew:
-            self.unmarked = False
+        """The log held ``size`` bytes at ``wall`` (taken *after* the stat): append an entry when
+        it has grown and the last one is a second old."""
+        if size > self.last_offset and mono - self.last_append >= self.MIN_GAP:
             self._append((size, wall), mono)
 
-    def flush(self, mono: float) -> None:
-        """The stream's end: append what is pending and a last checkpoint now, without waiting."""
-        if self.pending is not None:
-            entry, self.pending = self.pending, None
-            self._append(entry, mono)
-        if self.unmarked and self.seen is not None:
-            self.unmarked = False
-            self._append(self.seen, mono)
+    def flush(self, size: int, wall: float, mono: float) -> None:
+        """The stream's end: time its last bytes now, without waiting for the second to pass."""
+        if size > self.last_offset:
+            self._append((size, wall), mono)
 
     def _append(self, entry: Entry, mono: float) -> None:
         offset, wall = entry
         wall = max(wall, self.last_time)  # a clock stepped back: never let times go backwards
-        if offset < self.last_offset or (offset, wall) == (self.last_offset, self.last_time):
-            return
         try:
             self.count = append(self.log_path, (offset, wall), self.count)
         except OSError:  # the folder was removed (the record was deleted): nothing to time

@@ -1101,7 +1101,7 @@
     const hiddenBytes = L.start;
     const dropped = view.dropped > 0;
     const capped = state.detail ? Number(state.detail[`${tab}_dropped`]) || 0 : 0;
-    if (capped > 0 && hiddenBytes <= capped) {
+    if (capped > 0 && (hiddenBytes <= capped || L.truncated)) {
       // The head of the log file itself is gone: the log cap (max_log_bytes) dropped it.
       el.logNote.hidden = false;
       setText(el.logNoteText, `The first ${fmtBytes(capped)} of ${tab} were dropped by the log cap (max_log_bytes); `
@@ -1163,6 +1163,7 @@
       views[tab].prepend(text, null, r.offset != null ? r.offset : from);
       pre.scrollTop += pre.scrollHeight - before;
       L.start = r.offset != null ? r.offset : from;
+      if (r.truncated) L.truncated = true;
       updateLogEmpty();
       updateLogNote();
     } catch (err) {
@@ -1518,6 +1519,7 @@
           }
           logs[stream].start = from;
           logs[stream].next = from;
+          logs[stream].truncated = !!r.truncated;  // the read began where a log cap dropped the head
           addOutput(stream, text, from, next, r.times);
           if (!r.ended) complete = false;
         } catch (err) {

@@ -11,16 +11,9 @@ import typing as t
 from pathlib import Path
 
 import pytest
+import test_dashboard
 from conftest import py, wait_until
-from test_dashboard import (  # noqa: F401  (fixtures: browser, served, page)
-    ARTIFACTS,
-    TOKEN,
-    WAIT_MS,
-    Served,
-    browser,
-    page,
-    served,
-)
+from test_dashboard import ARTIFACTS, TOKEN, WAIT_MS, Served
 
 from flask_procman.engine import timeindex
 
@@ -28,6 +21,11 @@ if t.TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.browser
+
+# The fixtures of tests/test_dashboard.py: the browser, the served app, a fresh tab.
+browser = test_dashboard.browser
+served = test_dashboard.served
+page = test_dashboard.page
 
 STEPS = [("stdout", "out 1\n"), ("stderr", "err 1\n"), ("stdout", "out 2\n"), ("stderr", "err 2\n")]
 

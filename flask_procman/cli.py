@@ -486,10 +486,17 @@ _env_option = click.option("--env", "env", multiple=True, callback=_parse_env, m
               help="Seconds after which it is stopped (timed_out).")
 @_queue_option
 @click.option("--merge-stderr", is_flag=True, help="Write stderr into the stdout log, in order.")
+@click.option("--progress", type=click.Choice(["file", "tqdm"]), default=None,
+              help="Where its progress is read: PROCMAN_PROGRESS_FILE (default) or tqdm's bar on stderr.")
+@click.option("--max-log-bytes", type=click.IntRange(min=16 * 1024), default=None, metavar="N",
+              help="Bytes each of its logs may hold (default PROCMAN_MAX_LOG_BYTES).")
+@click.option("--max-log-action", type=click.Choice(["truncate", "stop"]), default=None,
+              help="At the cap: drop the oldest bytes, or stop it (default PROCMAN_MAX_LOG_ACTION).")
 @_wait_option
 @_cli_errors
 def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: dict[str, str],
-                  timeout: float | None, queue: bool, merge_stderr: bool, wait: bool) -> None:
+                  timeout: float | None, queue: bool, merge_stderr: bool, progress: str | None,
+                  max_log_bytes: int | None, max_log_action: str | None, wait: bool) -> None:
     """Start a command as process PROCESS_ID: start ID -- CMD ARGS...
 
     Without --wait it keeps running after this command ends and the web workers record its end;
@@ -497,7 +504,8 @@ def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: d
     """
     manager = _manager()
     ok = manager.start_process(process_id, list(cmd), cwd, env or None, timeout=timeout, queue=queue,
-                               merge_stderr=merge_stderr)
+                               merge_stderr=merge_stderr, progress=progress, max_log_bytes=max_log_bytes,
+                               max_log_action=max_log_action)
     _started(manager, process_id, ok, wait)
 
 

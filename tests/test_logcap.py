@@ -186,3 +186,17 @@ def test_hole_punching_frees_blocks_on_this_filesystem(tmp_path: Path) -> None:
     assert after.st_blocks * 512 <= 2 * MIB < before.st_blocks * 512
     with open(path, "rb") as f:
         assert data_start(f.fileno(), after.st_size) == 6 * MIB
+
+
+def test_the_cli_start_takes_the_output_options(make_app: AppFactory) -> None:
+    app = make_app()
+    writer = py("import time\nwhile True:\n    print('z' * 1000, flush=True)\n    time.sleep(0.001)\n")
+    result = app.test_cli_runner().invoke(args=["procman", "start", "clicap", "--max-log-bytes", "65536",
+                                                 "--max-log-action", "stop", "--progress", "tqdm", "--", *writer],
+                                          catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        status = _pm(app).wait("clicap", timeout=30)
+    assert status["status"] == "stopped" and "max_log_bytes (65536 bytes)" in present(status["error"])
+    bad = app.test_cli_runner().invoke(args=["procman", "start", "x", "--max-log-bytes", "10", "--", "true"])
+    assert bad.exit_code == 2

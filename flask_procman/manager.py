@@ -312,14 +312,11 @@ class Manager:
             env[RUN_TAG_VAR] = record["run_tag"]  # finds the run's processes without their pids
         logs = LogFiles(self.settings.log_dir, record["id"])
         env[PROGRESS_VAR] = logs.progress_path
-        identity = spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
         options = outputopts.effective(record.get("output_options"), self.settings.max_log_bytes,
                                        self.settings.max_log_action)
-        try:  # for the watcher of whichever manager follows the run (no database query needed)
-            outputopts.write(logs.folder, options)
-        except OSError as exc:
-            log.warning("procman: could not write the output options of %s (%s)", record["id"], exc)
-        return identity
+        # For the watcher of whichever manager follows the run (no database query needed).
+        logs.after_create = lambda: outputopts.write(logs.folder, options)
+        return spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
 
     def _start_promoted(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> bool:
         """Spawn a queued record that was just promoted to running (its pid is written after);

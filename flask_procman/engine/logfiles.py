@@ -51,6 +51,9 @@ class LogFiles:
             raise ValueError(f"invalid process id {process_id!r}")
         self.process_id = process_id
         self.folder = os.path.join(log_dir, process_id)
+        #: Called by :meth:`create` once the fresh folder exists, before the child does (it writes
+        #: the run's ``output.json``, so no manager ever follows the run without it).
+        self.after_create: t.Callable[[], None] | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     def path(self, stream: str) -> str:
@@ -78,6 +81,8 @@ class LogFiles:
         if os.path.lexists(self.folder):  # an earlier run of a reused id
             self.remove()
         os.makedirs(self.folder, mode=0o700)
+        if self.after_create is not None:
+            self.after_create()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         out_fd = os.open(self.path("stdout"), flags, 0o600)
         if merge_stderr:

@@ -1,8 +1,9 @@
 """A run's output options (progress mode, log cap and what to do at it): checked, stored, found again.
 
 They travel in the record (column ``output_options``: a queued start keeps them until it is
-promoted) and, once the run is spawned, in ``output.json`` next to its logs, where the watcher of
-whichever manager follows the run reads them without a database query.
+promoted) and, from the moment its log folder is made (before the child exists), in
+``output.json`` next to its logs, where the watcher of whichever manager follows the run reads
+them without a database query.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Every POST form is checked by Flask-WTF's ``CSRFProtect`` (set up in ``create_ap
 
 from __future__ import annotations
 
+import json
 import math
 import typing as t
 import uuid
@@ -35,6 +36,13 @@ MAX_DURATION = 3600.0
 
 
 # ------------------------------------------------------------------------------------ display ---
+@bp.app_template_filter("progress_json")
+def progress_json(process: t.Mapping[str, t.Any] | None) -> str:
+    """The ``progress`` of a process status dict as JSON for a ``data-`` attribute ("null" for none)."""
+    progress = (process or {}).get("progress")
+    return json.dumps(procman.get_manager().status_to_json({"progress": progress})["progress"])
+
+
 @bp.app_template_filter("duration")
 def format_duration(seconds: float | None, live: bool = False) -> str:
     """``4.2 s``, ``3 min 07 s``, ``1 h 05 min`` (whole seconds while ``live``); "—" for None.
@@ -108,8 +116,11 @@ def evaluation_rows() -> str:
 
 @bp.get("/evaluations.json")
 def evaluations_json() -> Response:
-    """Every evaluation as a JSON list, newest first."""
-    return jsonify([evaluation.summary(process) for evaluation, process in _all_evaluations()])
+    """Every evaluation as a JSON list, newest first, each with its process's ``progress`` (or None)."""
+    manager = procman.get_manager()
+    return jsonify([{**evaluation.summary(process),
+                     "progress": manager.status_to_json({"progress": (process or {}).get("progress")})["progress"]}
+                    for evaluation, process in _all_evaluations()])
 
 
 def _render_form(error: str | None = None, status: int = 200) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
@@ -24,6 +25,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from . import errors
 from .config import ConfigKeys, Settings
 from .engine.logfiles import LogFiles, decode_output, is_valid_process_id
+from .engine.outputread import OutputChunk
 from .facade import manager_for
 from .openapi import MAX_OFFSET, build_document
 from .store import FINAL, STATUSES
@@ -166,6 +168,35 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     return value
 
 
+def _time_arg(name: str) -> dt.datetime | None:
+    """The ISO 8601 time query argument ``name`` (UTC when it has no offset), or a 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        if len(text) > 64:
+            raise ValueError(text)
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"'{name}' must be an ISO 8601 time such as 2026-01-02T03:04:05Z.") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _chunk_fields(chunk: OutputChunk, end: int) -> dict[str, t.Any]:
+    """What a JSON read or an SSE chunk says beside its text (which ends at ``end``): whether the
+    head was dropped, and the index entries timing its bytes (each byte: by the first entry above it)."""
+    time = chunk.time
+    times: list[list[float]] = []
+    for offset, when in chunk.times:
+        times.append([offset, when])
+        if offset >= end:
+            break
+    return {"truncated": chunk.truncated, "time": time.isoformat() if time is not None else None, "times": times}
+
+
 def _check_process_id(process_id: str) -> str:
     """``process_id`` when it is a valid id, else a 400 (ids become file names)."""
     if not is_valid_process_id(process_id):
@@ -277,28 +308,33 @@ def read_output(process_id: str, raw: bool = False) -> Response:
         raise ApiError(400, "bad_request", "'format' must be 'json' or 'raw'.")
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     limit = _int_arg("limit", DEFAULT_OUTPUT_LIMIT, 0, MAX_OUTPUT_LIMIT)
+    since = _time_arg("since")
+    if since is not None and "offset" in request.args:
+        raise ApiError(400, "bad_request", "Give 'offset' or 'since', not both.")
     row = manager.store.get(process_id)
     if row is None:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
     final = row["status"] in FINAL  # read before the data: a final process writes nothing more
     try:
-        data, next_offset = manager.read_output(process_id, stream, offset, limit)
+        read = manager.read_chunk(process_id, stream, offset, limit, since=since)
     except errors.ProcessNotFound:  # removed meanwhile
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.") from None
+    data, start, next_offset = read.data, read.offset, read.next_offset
     if fmt == "raw":
         response = current_app.response_class(data, mimetype="application/octet-stream")
+        response.headers["X-Offset"] = str(start)  # above the offset asked for when that part was dropped
         response.headers["X-Next-Offset"] = str(next_offset)
         response.headers["Cache-Control"] = "no-store"
         return response
     at_end = final and next_offset >= LogFiles(manager.settings.log_dir, process_id).size(stream)
     chunk = _text_chunk(data, final=at_end)
     if not chunk and data and len(data) == limit:
-        # The limit is smaller than the character at ``offset``: send that one whole character.
-        wider, _ = manager.read_output(process_id, stream, offset, 4)
+        # The limit is smaller than the character at ``start``: send that one whole character.
+        wider, _ = manager.read_output(process_id, stream, start, 4)
         length = _first_char_length(wider)
         chunk = wider[:length] if length else (wider if final else b"")
-    return _json({"data": decode_output(chunk), "offset": offset, "next_offset": offset + len(chunk),
-                  "ended": at_end and len(chunk) >= len(data)})
+    return _json({"data": decode_output(chunk), "offset": start, "next_offset": start + len(chunk),
+                  "ended": at_end and len(chunk) >= len(data), **_chunk_fields(read, start + len(chunk))})
 
 
 def _sse(event: str, data: t.Any, offsets: t.Sequence[int]) -> str:
@@ -333,6 +369,8 @@ def events(process_id: str) -> Response:
         """Poll the record and the log files until the process has ended and everything is sent."""
         yield "retry: 2000\n\n"
         last_status: tuple[t.Any, ...] | None = None
+        last_progress: dict[str, t.Any] | None = None
+        timed = [offsets[0], offsets[1]]  # per stream: bytes below this are timed for the client
         last_beat = time.monotonic()
         while True:
             row = manager.store.get(process_id)
@@ -344,19 +382,34 @@ def events(process_id: str) -> Response:
             for index, name in enumerate(("stdout", "stderr")):
                 while True:
                     try:
-                        data, _ = manager.read_output(process_id, name, offsets[index], _SSE_CHUNK)
+                        read = manager.read_chunk(process_id, name, offsets[index], _SSE_CHUNK)
                     except errors.ProcessNotFound:  # removed meanwhile: the next round says so
                         break
+                    data = read.data
                     chunk = _text_chunk(data, final=final and len(data) < _SSE_CHUNK)
                     if not chunk:
                         break
-                    start = offsets[index]
-                    offsets[index] += len(chunk)
+                    start = read.offset  # past the asked offset when a capped log dropped that part
+                    offsets[index] = start + len(chunk)
                     sent = True
-                    yield _sse(name, {"data": decode_output(chunk), "offset": start, "next_offset": offsets[index]},
-                               offsets)
+                    fields = _chunk_fields(read, offsets[index])
+                    if fields["times"]:
+                        timed[index] = max(timed[index], int(fields["times"][-1][0]))
+                    yield _sse(name, {"data": decode_output(chunk), "offset": start, "next_offset": offsets[index],
+                                      **fields}, offsets)
                     if len(data) < _SSE_CHUNK:
                         break
+                if timed[index] < offsets[index]:  # sent bytes the index had not timed yet: are they now?
+                    late = manager.output_times(process_id, name, timed[index], offsets[index])
+                    if late:
+                        timed[index] = int(late[-1][0])
+                        sent = True
+                        yield _sse("times", {"stream": name, "times": [list(e) for e in late]}, offsets)
+            progress = manager.read_progress(row)
+            if progress is not None and progress != last_progress:
+                last_progress = progress
+                sent = True
+                yield _sse("progress", manager.status_to_json({"progress": progress})["progress"], offsets)
             key = (row["status"], row["pid"], row["return_code"])
             if key != last_status:
                 last_status = key

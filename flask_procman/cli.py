@@ -122,6 +122,24 @@ def _duration(seconds: float | None) -> str:
     return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _progress(progress: t.Mapping[str, t.Any] | None) -> str:
+    """A progress report in a few characters: ``60/200 30% eta 12s`` ("-" for none)."""
+    if not progress:
+        return "-"
+    text = _number(progress["done"])
+    if progress["total"] is not None:
+        text += f"/{_number(progress['total'])}"
+    if progress["fraction"] is not None:
+        text += f" {progress['fraction'] * 100:.0f}%"
+    if progress["eta_seconds"]:
+        text += f" eta {_duration(progress['eta_seconds'])}"
+    return text
+
+
 def _command_line(cmd: t.Sequence[str]) -> str:
     """A command as one shell-quoted line, control characters (newlines...) escaped."""
     return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], shlex.join(cmd))
@@ -187,18 +205,19 @@ def _copy(manager: Manager, process_id: str, stream: str, offset: int, out: t.Bi
     return offset
 
 
-def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines: int) -> int:
+def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines: int, floor: int = 0) -> int:
     """The byte offset where the last ``lines`` lines of the first ``size`` bytes begin.
 
     The log is read backwards from ``size`` one block at a time, only as far as needed; a newline
-    that ends the file ends the last line rather than starting an empty one.
+    that ends the file ends the last line rather than starting an empty one. ``floor`` is the
+    first byte still kept (a capped log's dropped head).
     """
     if lines <= 0:
         return size
     found = 0
     pos = size
-    while pos > 0:
-        start = max(0, pos - _TAIL_BLOCK)
+    while pos > floor:
+        start = max(floor, pos - _TAIL_BLOCK)
         data, _ = manager.read_output(process_id, stream, start, pos - start)
         if len(data) < pos - start:  # the file shrank (recreated): show what is there
             return 0
@@ -212,7 +231,7 @@ def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines
                 if found == lines:
                     return start + index + 1
         pos = start
-    return 0
+    return floor
 
 
 def _follow(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, int, t.BinaryIO]]) -> tuple[str, int | None]:
@@ -306,10 +325,10 @@ def list_command(statuses: tuple[str, ...], limit: int | None, as_json: bool) ->
     if not processes:
         click.echo("No processes.", err=True)
         return
-    header = ("ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "COMMAND")
+    header = ("ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "PROGRESS", "COMMAND")
     rows = [
         (p["id"], p["status"], _value(p["pid"]), _local_time(p["started_at"]), _duration(p["duration"]),
-         _value(p["return_code"]), _shorten(_command_line(p["cmd"]), _CMD_WIDTH))
+         _value(p["return_code"]), _progress(p.get("progress")), _shorten(_command_line(p["cmd"]), _CMD_WIDTH))
         for p in processes
     ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
@@ -336,6 +355,7 @@ def status_command(process_id: str, as_json: bool) -> None:
         ("created", _local_time(status["created_at"])), ("started", _local_time(status["started_at"])),
         ("finished", _local_time(status["finished_at"])), ("duration", _duration(status["duration"])),
         ("timeout", status["timeout"]), ("env keys", ", ".join(status["env_keys"]) or None),
+        ("progress", _progress(status.get("progress"))),
         ("stdout", f"{status['stdout_size']} bytes"),
         ("stderr", "merged into stdout" if status["merge_stderr"] else f"{status['stderr_size']} bytes"),
         ("metadata", json.dumps(status["metadata"]) if status["metadata"] is not None else None),
@@ -362,7 +382,11 @@ def logs_command(process_id: str, use_stderr: bool, follow: bool, lines: int | N
     if use_stderr and status["merge_stderr"]:
         raise click.ClickException(f"Process {process_id!r} merges stderr into stdout: its stderr is in its stdout log.")
     size = status[f"{stream}_size"]
-    start = 0 if lines is None else _tail_start(manager, process_id, stream, size, lines)
+    dropped = status.get(f"{stream}_dropped") or 0
+    start = 0 if lines is None else _tail_start(manager, process_id, stream, size, lines, dropped)
+    if dropped and start <= dropped:  # the output shown begins where the head was dropped
+        click.echo(f"procman: the first {dropped} bytes of {stream} were dropped (max_log_bytes); "
+                   f"printing from byte {dropped}.", err=True)
     out = _binary_stream("stdout")
     if follow:
         _follow_and_exit(manager, process_id, [(stream, start, out)])
@@ -467,10 +491,17 @@ _env_option = click.option("--env", "env", multiple=True, callback=_parse_env, m
               help="Seconds after which it is stopped (timed_out).")
 @_queue_option
 @click.option("--merge-stderr", is_flag=True, help="Write stderr into the stdout log, in order.")
+@click.option("--progress", type=click.Choice(["file", "tqdm"]), default=None,
+              help="Where its progress is read: PROCMAN_PROGRESS_FILE (default) or tqdm's bar on stderr.")
+@click.option("--max-log-bytes", type=click.IntRange(min=16 * 1024), default=None, metavar="N",
+              help="Bytes each of its logs may hold (default PROCMAN_MAX_LOG_BYTES).")
+@click.option("--max-log-action", type=click.Choice(["truncate", "stop"]), default=None,
+              help="At the cap: drop the oldest bytes, or stop it (default PROCMAN_MAX_LOG_ACTION).")
 @_wait_option
 @_cli_errors
 def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: dict[str, str],
-                  timeout: float | None, queue: bool, merge_stderr: bool, wait: bool) -> None:
+                  timeout: float | None, queue: bool, merge_stderr: bool, progress: str | None,
+                  max_log_bytes: int | None, max_log_action: str | None, wait: bool) -> None:
     """Start a command as process PROCESS_ID: start ID -- CMD ARGS...
 
     Without --wait it keeps running after this command ends and the web workers record its end;
@@ -478,7 +509,8 @@ def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: d
     """
     manager = _manager()
     ok = manager.start_process(process_id, list(cmd), cwd, env or None, timeout=timeout, queue=queue,
-                               merge_stderr=merge_stderr)
+                               merge_stderr=merge_stderr, progress=progress, max_log_bytes=max_log_bytes,
+                               max_log_action=max_log_action)
     _started(manager, process_id, ok, wait)
 
 

@@ -52,6 +52,11 @@ class ConfigKeys:
     PROGRAMS = "PROCMAN_PROGRAMS"
     #: Largest request body the API accepts, in bytes (default 64 KiB).
     API_MAX_BODY = "PROCMAN_API_MAX_BODY"
+    #: Bytes each log of a run may hold (default None: unbounded; at least 16 KiB). A run's own
+    #: ``max_log_bytes=`` wins.
+    MAX_LOG_BYTES = "PROCMAN_MAX_LOG_BYTES"
+    #: At the cap: ``"truncate"`` (default; keep the newest bytes, the head is freed) or ``"stop"``.
+    MAX_LOG_ACTION = "PROCMAN_MAX_LOG_ACTION"
 
 
 #: The default of every key; ``None`` for LOG_DIR and DATABASE_URI means "derived from instance_path".
@@ -71,6 +76,8 @@ DEFAULTS: dict[str, t.Any] = {
     ConfigKeys.API_TOKEN: None,
     ConfigKeys.PROGRAMS: {},
     ConfigKeys.API_MAX_BODY: 64 * KIB,
+    ConfigKeys.MAX_LOG_BYTES: None,
+    ConfigKeys.MAX_LOG_ACTION: "truncate",
 }
 
 
@@ -91,6 +98,8 @@ class Settings:
     api_enabled: bool
     api_prefix: str
     api_max_body: int
+    max_log_bytes: int | None = None
+    max_log_action: str = "truncate"
 
 
 def apply_defaults(app: Flask) -> None:
@@ -151,6 +160,13 @@ def read_settings(app: Flask) -> Settings:
     if not isinstance(database_uri, str):
         raise ConfigurationError(f"{ConfigKeys.DATABASE_URI} must be an SQLAlchemy URL string, not {database_uri!r}.")
 
+    max_log_bytes = config[ConfigKeys.MAX_LOG_BYTES]
+    if max_log_bytes is not None:
+        max_log_bytes = int(_number(config, ConfigKeys.MAX_LOG_BYTES, integer=True, minimum=16 * KIB))
+    max_log_action = config[ConfigKeys.MAX_LOG_ACTION]
+    if max_log_action not in ("truncate", "stop"):
+        raise ConfigurationError(f"{ConfigKeys.MAX_LOG_ACTION} must be 'truncate' or 'stop', not {max_log_action!r}.")
+
     return Settings(
         max_processes=int(_number(config, ConfigKeys.MAX_PROCESSES, integer=True, minimum=0)),
         log_dir=os.path.abspath(os.fspath(log_dir)),
@@ -167,4 +183,6 @@ def read_settings(app: Flask) -> Settings:
         api_enabled=config[ConfigKeys.API_ENABLED],
         api_prefix=prefix.rstrip("/") or "/",
         api_max_body=int(_number(config, ConfigKeys.API_MAX_BODY, integer=True, minimum=1)),
+        max_log_bytes=max_log_bytes,
+        max_log_action=max_log_action,
     )

@@ -121,14 +121,19 @@ class ProcMan(ManagerFacade):
         timeout: float | None = None,
         allow_args: bool = False,
         env_keys: t.Sequence[str] = (),
+        progress: str | None = None,
+        max_log_bytes: int | None = None,
+        max_log_action: str | None = None,
     ) -> Program:
         """Declare a program that HTTP and ``flask procman run`` may start (before or after init_app).
 
         :param allow_args: callers may append arguments (separate argv items, never a shell).
         :param env_keys: the environment variables callers may set.
+        :param progress, max_log_bytes, max_log_action: as for :meth:`start_process`, for every run.
         """
         program = make_program(name, {"cmd": list(cmd), "cwd": cwd, "env": dict(env or {}), "timeout": timeout,
-                                      "allow_args": allow_args, "env_keys": list(env_keys)})
+                                      "allow_args": allow_args, "env_keys": list(env_keys), "progress": progress,
+                                      "max_log_bytes": max_log_bytes, "max_log_action": max_log_action})
         self.programs[name] = program
         return program
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import typing as t
 
@@ -10,6 +11,7 @@ from flask import Flask, current_app
 from .errors import NotInitializedError
 
 if t.TYPE_CHECKING:
+    from .engine.outputread import OutputChunk
     from .manager import CompletionCallback, Manager
 
 EXTENSION_KEY = "procman"
@@ -54,6 +56,9 @@ class ManagerFacade:
         metadata: t.Mapping[str, t.Any] | None = None,
         handler: str | None = None,
         stop_on_teardown: bool = False,
+        progress: str | None = None,
+        max_log_bytes: int | None = None,
+        max_log_action: str | None = None,
     ) -> bool:
         """Start ``cmd`` (a list of strings; never a shell) as process ``process_id``.
 
@@ -76,12 +81,19 @@ class ManagerFacade:
             A streamed response keeps it until the response is closed (stream done or client gone).
             In a request the teardown only signals (the watcher sends SIGKILL after
             ``PROCMAN_STOP_TIMEOUT``); elsewhere it waits for the end. Needs an app context.
+        :param progress: ``"tqdm"``: read the progress from tqdm's bar at the end of stderr instead
+            of the ``PROCMAN_PROGRESS_FILE`` the child may write (see :mod:`flask_procman.progress`).
+        :param max_log_bytes: bytes each of its logs may hold (default ``PROCMAN_MAX_LOG_BYTES``).
+        :param max_log_action: ``"truncate"`` (keep the newest bytes) or ``"stop"`` at the cap
+            (default ``PROCMAN_MAX_LOG_ACTION``).
         :return: True when started (or queued); False when the cap is reached and ``queue`` is False.
         :raises InvalidProcessId, InvalidCommand, ProcessExists, StartError, UnknownHandler, StoreUnavailable:
         """
         return self.get_manager().start_process(
             process_id, cmd, cwd, env, on_complete, timeout=timeout, queue=queue,
             merge_stderr=merge_stderr, metadata=metadata, handler=handler, stop_on_teardown=stop_on_teardown,
+            progress=progress,
+            max_log_bytes=max_log_bytes, max_log_action=max_log_action,
         )
 
     def get_process_status(self, process_id: str) -> dict[str, t.Any] | None:
@@ -91,9 +103,16 @@ class ManagerFacade:
         return self.get_manager().get_process_status(process_id)
 
     def read_output(self, process_id: str, stream: str = "stdout", offset: int = 0,
-                    limit: int = 1024 * 1024) -> tuple[bytes, int]:
-        """Read ``stream`` from byte ``offset``: ``(data, next_offset)``; non-destructive."""
-        return self.get_manager().read_output(process_id, stream, offset, limit)
+                    limit: int = 1024 * 1024, *, since: dt.datetime | None = None) -> tuple[bytes, int]:
+        """Read ``stream`` from byte ``offset`` (or from the first byte written at or after ``since``):
+        ``(data, next_offset)``; non-destructive."""
+        return self.get_manager().read_output(process_id, stream, offset, limit, since=since)
+
+    def read_chunk(self, process_id: str, stream: str = "stdout", offset: int = 0,
+                   limit: int = 1024 * 1024, *, since: dt.datetime | None = None) -> OutputChunk:
+        """Like :meth:`read_output`, as an ``OutputChunk``: ``data, offset`` (where the data starts),
+        ``next_offset, truncated`` (bytes before it were dropped by the log cap), ``times, time``."""
+        return self.get_manager().read_chunk(process_id, stream, offset, limit, since=since)
 
     def stop_process(self, process_id: str, timeout: float | None = None) -> bool:
         """SIGTERM the whole process tree, SIGKILL after ``timeout`` (default ``PROCMAN_STOP_TIMEOUT``).

@@ -19,12 +19,17 @@ from werkzeug.serving import is_running_from_reloader
 
 from . import errors
 from .config import MIB, Settings
+from .engine import outputopts, timeindex
 from .engine.local import Identity, kill_trees, process_start_time, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
+from .engine.outputread import OutputChunk, offset_since, read_chunk
+from .engine.outputwatch import OutputKeeper
+from .engine.progressfile import read_progress
 from .engine.runtag import ENV_VAR as RUN_TAG_VAR
 from .engine.runtag import new_tag
 from .engine.watcher import Watcher
 from .programs import Program, make_program
+from .progress import ENV_VAR as PROGRESS_VAR
 from .signals import process_finished, process_started
 from .store import ACTIVE, FINAL, Store, create_own_engine, make_table, utcnow
 from .teardown import TEARDOWN_REASON, bind_to_context, check_bindable
@@ -42,6 +47,8 @@ log = logging.getLogger("flask_procman")
 CompletionCallback = t.Callable[[str, int | None], t.Any]
 
 DEFAULT_READ_LIMIT = 1 * MIB
+#: ``stop_requested`` of a run stopped because a log reached its cap (``max_log_action="stop"``).
+LOG_LIMIT = "log_limit"
 _CALLBACK_THREADS = 2
 #: ``stop_requested`` values the owner's watcher carries out without anyone waiting (see tick).
 _DEFERRED_STOPS = ("stop-request", TEARDOWN_REASON)
@@ -158,6 +165,8 @@ class Manager:
             os.makedirs(self.settings.log_dir, mode=0o700, exist_ok=True)
             self._pool = concurrent.futures.ThreadPoolExecutor(_CALLBACK_THREADS, thread_name_prefix="procman-callback")
             self._watcher = Watcher(self, self.settings.poll_interval, self.settings.stop_timeout)
+            keeper, watcher = OutputKeeper(self.settings.log_dir, self._stop_for_log_limit), self._watcher
+            watcher.periodic = lambda: keeper.look([w.process_id for w in watcher.watched()])
             self._pid = pid
             self._watcher.start()
             if self._atexit_pid != pid:
@@ -227,6 +236,9 @@ class Manager:
         handler: str | None = None,
         program: str | None = None,
         stop_on_teardown: bool = False,
+        progress: str | None = None,
+        max_log_bytes: int | None = None,
+        max_log_action: str | None = None,
     ) -> bool:
         """Start ``cmd``; see :meth:`flask_procman.ProcMan.start_process`."""
         if stop_on_teardown:
@@ -244,6 +256,7 @@ class Manager:
                 f"@procman.on_complete({handler!r})."
             )
         meta = check_metadata(metadata)
+        output_options = outputopts.check_options(progress, max_log_bytes, max_log_action)
         self._ensure_engine()
         record = {
             "id": process_id, "cmd": argv, "cwd": workdir, "env_keys": sorted(overrides),
@@ -251,7 +264,7 @@ class Manager:
             "timeout": timeout, "host": self.host, "owner": self._owner, "created_at": utcnow(),
             "return_code": None, "pid": None, "pid_started": None, "started_at": None,
             "finished_at": None, "stop_requested": None, "error": None, "survivors": None,
-            "handler_state": None, "run_tag": new_tag(),
+            "handler_state": None, "run_tag": new_tag(), "output_options": output_options,
         }
         logs = LogFiles(self.settings.log_dir, process_id)
         spawned: list[Identity] = []
@@ -306,6 +319,11 @@ class Manager:
         if record.get("run_tag"):
             env[RUN_TAG_VAR] = record["run_tag"]  # finds the run's processes without their pids
         logs = LogFiles(self.settings.log_dir, record["id"])
+        env[PROGRESS_VAR] = logs.progress_path
+        options = outputopts.effective(record.get("output_options"), self.settings.max_log_bytes,
+                                       self.settings.max_log_action)
+        # For the watcher of whichever manager follows the run (no database query needed).
+        logs.after_create = lambda: outputopts.write(logs.folder, options)
         return spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
 
     def _start_promoted(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> bool:
@@ -370,6 +388,9 @@ class Manager:
             "error": row["error"], "metadata": row["meta"], "merge_stderr": bool(row["merge_stderr"]),
             "env_keys": list(row["env_keys"] or []), "timeout": row["timeout"],
             "survivors": list(row["survivors"] or []),
+            "stdout_dropped": logs.first_kept("stdout"),
+            "stderr_dropped": 0 if row["merge_stderr"] else logs.first_kept("stderr"),
+            "progress": self.read_progress(row, logs),
         }
         if with_output:
             tail = self.settings.output_tail
@@ -377,18 +398,42 @@ class Manager:
             status["stderr"] = "" if row["merge_stderr"] else decode_output(logs.tail("stderr", tail))
         return status
 
+    def read_progress(self, row: t.Mapping[str, t.Any], logs: LogFiles | None = None) -> dict[str, t.Any] | None:
+        """The last progress report of the run of record ``row`` (see README: "Progress"), or None."""
+        logs = logs or LogFiles(self.settings.log_dir, row["id"])
+        if row["status"] == "queued":
+            return None
+        mode = (row.get("output_options") or {}).get("progress")
+        stderr = logs.path("stdout" if row["merge_stderr"] else "stderr")
+        found = read_progress(logs.progress_path, stderr, mode, row["started_at"])
+        return dict(found) if found is not None else None
+
     @staticmethod
     def status_to_json(status: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         """The status dict with timestamps as ISO 8601 strings."""
-        return {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in status.items()}
+        return {k: (_iso(v) if isinstance(v, dt.datetime) else
+                    Manager.status_to_json(v) if isinstance(v, dict) and k == "progress" else v)
+                for k, v in status.items()}
 
     def read_output(self, process_id: str, stream: str = "stdout", offset: int = 0,
-                    limit: int = DEFAULT_READ_LIMIT) -> tuple[bytes, int]:
+                    limit: int = DEFAULT_READ_LIMIT, *, since: dt.datetime | None = None) -> tuple[bytes, int]:
         """Up to ``limit`` bytes of ``stream`` from byte ``offset``: ``(data, next_offset)``.
 
-        Non-destructive: any number of readers, in any worker, each see everything.
+        Non-destructive: any number of readers, in any worker, each see everything. With ``since``
+        the read starts at the first byte written at or after that time instead (to about a second,
+        from the log's time index). Bytes a capped log dropped are skipped (then
+        ``next_offset - offset > len(data)``; :meth:`read_chunk` says so explicitly).
         """
+        chunk = self.read_chunk(process_id, stream, offset, limit, since=since)
+        return chunk.data, chunk.next_offset
+
+    def read_chunk(self, process_id: str, stream: str = "stdout", offset: int = 0,
+                   limit: int = DEFAULT_READ_LIMIT, *, since: dt.datetime | None = None) -> OutputChunk:
+        """Like :meth:`read_output`, with where the data starts, whether bytes before it were
+        dropped (``truncated``) and when its bytes were written (``times``, ``time``)."""
         process_id = check_process_id(process_id)
+        if since is not None and not isinstance(since, dt.datetime):
+            raise errors.InvalidCommand(f"since must be a datetime, not {since!r}.")
         if stream not in STREAMS:
             raise errors.InvalidCommand(f"stream must be 'stdout' or 'stderr', not {stream!r}.")
         for name, value in (("offset", offset), ("limit", limit)):
@@ -399,7 +444,14 @@ class Manager:
             self._check_fork()
             if self.store.get(process_id) is None:
                 raise errors.ProcessNotFound(f"No process with id {process_id!r}.")
-        return logs.read(stream, offset, min(limit, 64 * MIB))
+        if since is not None:
+            offset = max(offset, offset_since(logs, stream, since))
+        return read_chunk(logs, stream, offset, min(limit, 64 * MIB))
+
+    def output_times(self, process_id: str, stream: str, start: int, end: int) -> list[tuple[int, float]]:
+        """The time index entries that time bytes ``[start, end)`` of a stream (see ``read_chunk``)."""
+        logs = LogFiles(self.settings.log_dir, check_process_id(process_id))
+        return timeindex.covering(timeindex.load(logs.path(stream)), start, end)
 
     def list_processes(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
                        offset: int = 0, with_output: bool = False) -> list[dict[str, t.Any]]:
@@ -629,6 +681,7 @@ class Manager:
                 status = "timed_out"
             elif reason is not None:
                 status = "stopped"
+                error = row["error"] if reason == LOG_LIMIT else None  # why: written by the stop
             elif return_code is None:
                 status = "lost"
                 error = ("The process ended while no manager was its parent and it left no exit status "
@@ -640,6 +693,8 @@ class Manager:
                 tail = LogFiles(self.settings.log_dir, process_id).tail(stream, self.settings.error_tail)
                 # NUL: no PostgreSQL text column takes it, and the end would never be recorded.
                 error = decode_output(tail).replace("\0", "\ufffd") or f"exited with code {return_code}"
+                if reason == LOG_LIMIT and row["error"]:
+                    error = f"{row['error']}\n\n{error}"
             values: dict[str, t.Any] = {
                 "status": status, "return_code": return_code, "finished_at": utcnow(), "error": error,
                 "owner": self._owner or row["owner"],
@@ -657,6 +712,11 @@ class Manager:
         if won and self._watcher is not None:
             self._watcher.request_tick()  # a slot is free: promote queued starts now
         return won
+
+    def _stop_for_log_limit(self, process_id: str, message: str) -> None:
+        """A log reached its cap with ``max_log_action="stop"`` (watcher thread): stop the run."""
+        if self.store.update(process_id, expect_status=["running"], stop_requested=LOG_LIMIT, error=message):
+            t.cast(Watcher, self._watcher).begin_stop(process_id)
 
     def _dispatch_end(self, process_id: str, *, won: bool, inline: bool = False, durable_work: bool = True) -> None:
         """Run the in-memory callback (if this worker holds one) and, for the recorder, the durable
@@ -790,7 +850,8 @@ class Manager:
             if not is_valid_process_id(process_id):
                 process_id = uuid.uuid4().hex
         ok = self.start_process(process_id, argv, program.cwd, overrides, timeout=program.timeout, queue=queue,
-                                metadata=metadata, handler=handler, program=name)
+                                metadata=metadata, handler=handler, program=name, progress=program.progress,
+                                max_log_bytes=program.max_log_bytes, max_log_action=program.max_log_action)
         return process_id, ok
 
 

@@ -60,11 +60,26 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
         {"name": "limit", "in": "query", "description": "Bytes to read at most (JSON text may carry up "
          "to 3 more, to send one whole character when the limit is smaller than it)",
          "schema": {"type": "integer", "minimum": 0, "maximum": 4194304}},
+        {"name": "since", "in": "query", "description": "ISO 8601 time: read from the first byte written "
+         "at or after it (to about a second; instead of offset)",
+         "schema": {"type": "string", "format": "date-time"}},
     ]
     # Open strings, not enums: a client generated today must not reject a program or a status added later.
     names = ", ".join(sorted(programs)) or "none yet"
     program_name: dict[str, t.Any] = {"type": "string", "description": f"A declared program: {names}",
                                       **({"examples": sorted(programs)} if programs else {})}
+    chunk_extras: dict[str, t.Any] = {
+        "truncated": {"type": "boolean", "description": "bytes before 'offset' were dropped (max_log_bytes)"},
+        "time": {**nullable_time, "description": "when the first byte was written (to about a second)"},
+        "times": {"type": "array", "description": "[offset, unix time] pairs timing the data",
+                  "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}},
+    }
+    progress = {"type": ["object", "null"], "required": ["done", "total", "fraction", "message", "updated_at",
+                                                         "eta_seconds"],
+                "properties": {"done": {"type": "number"}, "total": {"type": ["number", "null"]},
+                               "fraction": {"type": ["number", "null"]}, "message": {"type": ["string", "null"]},
+                               "updated_at": {"type": "string", "format": "date-time"},
+                               "eta_seconds": {"type": ["number", "null"]}}}
     paths: dict[str, t.Any] = {
         "/api/health": {"get": {
             "summary": "Liveness and counts (open, reveals counts only)", "operationId": "health", "security": [],
@@ -110,7 +125,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "application/json": {"schema": {
                         "type": "object", "required": ["data", "offset", "next_offset", "ended"],
                         "properties": {"data": {"type": "string"}, "offset": {"type": "integer"},
-                                       "next_offset": {"type": "integer"}, "ended": {"type": "boolean"}}}},
+                                       "next_offset": {"type": "integer"}, "ended": {"type": "boolean"},
+                                       **chunk_extras}}},
                     "application/octet-stream": raw_bytes,
                 }},
                 **_error_responses(400, *auth_errors, 404),
@@ -128,7 +144,7 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
             },
         }},
         "/api/processes/{process_id}/events": {"get": {
-            "summary": "Server-Sent Events: stdout, stderr, status, end; id is '<stdout>:<stderr>' offsets",
+            "summary": "Server-Sent Events: stdout, stderr, status, progress, end; id is '<stdout>:<stderr>' offsets",
             "operationId": "processEvents",
             "parameters": [pid, {"name": "Last-Event-ID", "in": "header", "required": False,
                                  "description": "Resume both streams after this event id (empty: from the start)",
@@ -209,15 +225,18 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                 "OutputChunk": {"type": "object", "required": ["data", "offset", "next_offset"],
                                 "additionalProperties": False, "properties": {
                                     "data": {"type": "string"}, "offset": {"type": "integer"},
-                                    "next_offset": {"type": "integer"}}},
+                                    "next_offset": {"type": "integer"}, **chunk_extras}},
                 "Event": {
                     "type": "object", "required": ["event", "id", "data"],
-                    "properties": {"event": {"enum": ["stdout", "stderr", "status", "end"]},
+                    "properties": {"event": {"enum": ["stdout", "stderr", "status", "progress", "times", "end"]},
                                    "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
                                    "data": {"type": "string"}, "retry": {"type": "integer"}},
                     "allOf": [
                         _event("stdout", "stderr", content={"$ref": "#/components/schemas/OutputChunk"}),
                         _event("status", content=status_ref),
+                        _event("progress", content=progress),
+                        _event("times", content={"type": "object", "required": ["stream", "times"], "properties": {
+                            "stream": {"enum": ["stdout", "stderr"]}, "times": chunk_extras["times"]}}),
                         _event("end", content={"anyOf": [status_ref, {
                             "type": "object", "required": ["id", "status"], "additionalProperties": False,
                             "properties": {"id": {"type": "string"}, "status": {"const": "removed"}}}]}),
@@ -225,7 +244,9 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                 "Program": {"type": "object", "required": ["name", "cmd"], "properties": {
                     "name": {"type": "string"}, "cmd": {"type": "array", "items": {"type": "string"}},
                     "cwd": {"type": ["string", "null"]}, "timeout": {"type": ["number", "null"]},
-                    "allow_args": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}}}},
+                    "allow_args": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}},
+                    "progress": {"type": ["string", "null"]}, "max_log_bytes": {"type": ["integer", "null"]},
+                    "max_log_action": {"type": ["string", "null"]}}},
                 "Process": {"type": "object", "required": ["id", "status", "cmd"], "properties": {
                     "id": {"type": "string"}, "status": {"type": "string", "examples": list(STATUSES),
                                                          "description": "One of " + ", ".join(STATUSES)},
@@ -239,7 +260,9 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "error": {"type": ["string", "null"]}, "metadata": {"type": ["object", "null"]},
                     "merge_stderr": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}},
                     "timeout": {"type": ["number", "null"]},
-                    "survivors": {"type": "array", "items": {"type": "integer"}}}},
+                    "survivors": {"type": "array", "items": {"type": "integer"}},
+                    "stdout_dropped": {"type": "integer"}, "stderr_dropped": {"type": "integer"},
+                    "progress": progress}},
             },
         },
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from .engine.outputopts import check_options
 from .errors import ConfigurationError, InvalidCommand
 
 
@@ -19,6 +20,11 @@ class Program:
     timeout: float | None = None
     allow_args: bool = False
     env_keys: tuple[str, ...] = ()
+    #: ``"tqdm"`` to read progress from tqdm's bar on stderr (default: the progress file).
+    progress: str | None = None
+    #: Cap of each log of a run, and what to do at it (default: ``PROCMAN_MAX_LOG_*``).
+    max_log_bytes: int | None = None
+    max_log_action: str | None = None
 
     def build(self, args: t.Sequence[str] = (), env: t.Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
         """The argv and env overrides of one run; args and env only where the program allows them.
@@ -49,6 +55,9 @@ class Program:
             "timeout": self.timeout,
             "allow_args": self.allow_args,
             "env_keys": list(self.env_keys),
+            # Output options only when chosen (the app's PROCMAN_MAX_LOG_* apply otherwise).
+            **{k: v for k, v in (("progress", self.progress), ("max_log_bytes", self.max_log_bytes),
+                                 ("max_log_action", self.max_log_action)) if v is not None},
         }
 
 
@@ -57,7 +66,8 @@ def make_program(name: str, spec: t.Mapping[str, t.Any]) -> Program:
     where = f"program {name!r}"
     if not isinstance(name, str) or not name or len(name) > 128:
         raise ConfigurationError(f"Program names must be non-empty strings, not {name!r}.")
-    unknown = set(spec) - {"cmd", "cwd", "env", "timeout", "allow_args", "env_keys"}
+    unknown = set(spec) - {"cmd", "cwd", "env", "timeout", "allow_args", "env_keys", "progress", "max_log_bytes",
+                           "max_log_action"}
     if unknown:
         raise ConfigurationError(f"{where}: unknown settings {sorted(unknown)}.")
     cmd = spec.get("cmd")
@@ -78,4 +88,9 @@ def make_program(name: str, spec: t.Mapping[str, t.Any]) -> Program:
     env_keys = spec.get("env_keys", ())
     if isinstance(env_keys, str) or not all(isinstance(k, str) for k in env_keys):
         raise ConfigurationError(f"{where}: 'env_keys' must be a list of variable names.")
-    return Program(name, tuple(cmd), cwd, dict(env), float(timeout) if timeout else None, allow_args, tuple(env_keys))
+    try:
+        check_options(spec.get("progress"), spec.get("max_log_bytes"), spec.get("max_log_action"))
+    except InvalidCommand as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    return Program(name, tuple(cmd), cwd, dict(env), float(timeout) if timeout else None, allow_args, tuple(env_keys),
+                   spec.get("progress"), spec.get("max_log_bytes"), spec.get("max_log_action"))

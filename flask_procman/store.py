@@ -79,6 +79,7 @@ def make_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("survivors", sa.JSON),
         sa.Column("handler_state", sa.String(16)),
         sa.Column("run_tag", sa.String(64)),  # PROCMAN_RUN_TAG of the run (engine/runtag.py)
+        sa.Column("output_options", sa.JSON),  # progress mode, log cap (engine/outputopts.py)
     )
 
 

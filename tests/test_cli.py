@@ -78,7 +78,7 @@ def test_list_table_and_json(finished: Flask) -> None:
     result = invoke(finished, "list")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "COMMAND"]
+    assert lines[0].split() == ["ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "PROGRESS", "COMMAND"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"a", "b"}
     assert rows["a"][1] == "completed" and rows["b"][1] == "completed"

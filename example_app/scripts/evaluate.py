@@ -17,7 +17,9 @@ The "models" are deterministic rule-based classifiers picked by name:
     predicts the class whose centroid (the mean of its rows' features) is nearest.
 
 The evaluation is spread over about ``--duration`` seconds so that a watcher has something
-to watch: progress lines go to stdout (flushed), a couple of warnings to stderr. At the end
+to watch: progress lines go to stdout (flushed), a couple of warnings to stderr, and each batch
+is reported to flask-procman with ``flask_procman.progress.report`` (the pages show it as a bar
+with an ETA; outside procman the call does nothing). At the end
 ``metrics.json`` is written into ``--output-dir`` (created if missing, written atomically)
 with ``accuracy``, ``precision``, ``recall``, ``f1``, ``n_samples``, ``model`` and
 ``dataset``, then ``done`` is printed.
@@ -40,6 +42,8 @@ import sys
 import time
 import traceback
 import typing as t
+
+from flask_procman.progress import report  # stdlib only: no Flask is imported into the script
 
 Row = tuple[list[float], int]
 Classifier = t.Callable[[list[float]], int]
@@ -186,6 +190,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, t.Any]:
 
     classify = MODELS[args.model](rows)
     say(f"evaluating model {args.model}")
+    report(0, len(rows), f"evaluating {args.model}")
 
     pause = args.duration / BATCHES
     batch_size = math.ceil(len(rows) / BATCHES)
@@ -199,6 +204,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, t.Any]:
         done = len(predictions)
         running = compute_metrics([label for _, label in rows[:done]], predictions)
         say(f"progress {done}/{len(rows)} ({100 * done // len(rows)}%) accuracy so far {running['accuracy']:.3f}")
+        report(done, len(rows), f"accuracy so far {running['accuracy']:.3f}")
         if batch == BATCHES // 2 - 1 and running["accuracy"] < 0.6:
             warn(f"accuracy so far ({running['accuracy']:.3f}) is close to chance")
 

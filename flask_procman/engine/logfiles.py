@@ -6,7 +6,11 @@ import json
 import os
 import re
 import shutil
+import time
 import typing as t
+
+from . import timeindex
+from .logcap import data_start
 
 #: Process ids become folder names, so they are restricted to this shape.
 PROCESS_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -47,6 +51,9 @@ class LogFiles:
             raise ValueError(f"invalid process id {process_id!r}")
         self.process_id = process_id
         self.folder = os.path.join(log_dir, process_id)
+        #: Called by :meth:`create` once the fresh folder exists, before the child does (it writes
+        #: the run's ``output.json``, so no manager ever follows the run without it).
+        self.after_create: t.Callable[[], None] | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     def path(self, stream: str) -> str:
@@ -60,6 +67,11 @@ class LogFiles:
         """File the ``/bin/sh`` wrapper writes the child's exit status into."""
         return os.path.join(self.folder, _RC_FILE)
 
+    @property
+    def progress_path(self) -> str:
+        """The file a child reports its progress into (``PROCMAN_PROGRESS_FILE``)."""
+        return os.path.join(self.folder, "progress")
+
     # -- lifecycle -------------------------------------------------------------------------------
     def create(self, merge_stderr: bool) -> tuple[int, int]:
         """Make a fresh folder and open the log files for the child; returns (stdout_fd, stderr_fd).
@@ -69,16 +81,28 @@ class LogFiles:
         if os.path.lexists(self.folder):  # an earlier run of a reused id
             self.remove()
         os.makedirs(self.folder, mode=0o700)
+        if self.after_create is not None:
+            self.after_create()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         out_fd = os.open(self.path("stdout"), flags, 0o600)
         if merge_stderr:
+            self._start_index("stdout")
             return out_fd, out_fd
         try:
             err_fd = os.open(self.path("stderr"), flags, 0o600)
         except BaseException:
             os.close(out_fd)
             raise
+        self._start_index("stdout")
+        self._start_index("stderr")
         return out_fd, err_fd
+
+    def _start_index(self, stream: str) -> None:
+        """The time index's first entry, before the child exists: every byte comes after it."""
+        try:
+            timeindex.append(self.path(stream), (0, time.time()), 0)
+        except OSError:  # the index is a nicety: a start never fails for it
+            pass
 
     def remove(self) -> None:
         """Delete the folder and everything in it (missing is fine)."""
@@ -93,16 +117,35 @@ class LogFiles:
             return 0
 
     def read(self, stream: str, offset: int, limit: int) -> tuple[bytes, int]:
-        """Up to ``limit`` bytes from ``offset``; returns (data, next_offset). Never destructive."""
+        """Up to ``limit`` bytes from ``offset``; returns (data, next_offset). Never destructive.
+
+        Below the first byte still kept (a capped log's dropped head) it reads from that byte.
+        """
+        data, _start, next_offset = self.read_at(stream, offset, limit)
+        return data, next_offset
+
+    def read_at(self, stream: str, offset: int, limit: int) -> tuple[bytes, int, int]:
+        """Like :meth:`read`, with the offset the data really starts at: ``(data, start, next_offset)``;
+        ``start > offset`` when the bytes from ``offset`` were dropped (``max_log_bytes``)."""
         try:
             with open(self.path(stream), "rb") as f:
-                if offset >= os.fstat(f.fileno()).st_size:  # nothing there; seek() past the fs limit is EINVAL
-                    return b"", offset
+                size = os.fstat(f.fileno()).st_size
+                if offset >= size:  # nothing there; seek() past the fs limit is EINVAL
+                    return b"", offset, offset
+                offset = max(offset, data_start(f.fileno(), size))
                 f.seek(offset)
                 data = f.read(limit)
         except FileNotFoundError:
-            return b"", offset
-        return data, offset + len(data)
+            return b"", offset, offset
+        return data, offset, offset + len(data)
+
+    def first_kept(self, stream: str) -> int:
+        """The first byte of ``stream`` still on disk: 0, or how many bytes its cap dropped."""
+        try:
+            with open(self.path(stream), "rb") as f:
+                return data_start(f.fileno(), os.fstat(f.fileno()).st_size)
+        except FileNotFoundError:
+            return 0
 
     def tail(self, stream: str, max_bytes: int) -> bytes:
         """The last ``max_bytes`` of ``stream``, read from the end (never scanning the file)."""
@@ -111,7 +154,7 @@ class LogFiles:
         try:
             with open(self.path(stream), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                start = max(0, size - max_bytes)
+                start = max(0, size - max_bytes, data_start(f.fileno(), size))
                 f.seek(start)
                 data = f.read(max_bytes)
         except FileNotFoundError:

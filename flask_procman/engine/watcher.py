@@ -92,6 +92,9 @@ class Watcher:
         self._pause_requested = False
         self._paused = threading.Event()
         self._resume = threading.Event()
+        #: Extra periodic work of the loop (the output keeper): returns the seconds until its next run.
+        self.periodic: t.Callable[[], float] | None = None
+        self._next_periodic = 0.0
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -230,9 +233,19 @@ class Watcher:
                         self._on_exit(key.data)
                 self._poll_without_pidfd()
                 self._enforce_deadlines()
+                self._run_periodic()
             except Exception:  # never let the watcher die: log and go on
                 log.exception("procman watcher loop error")
                 time.sleep(0.1)
+
+    def _run_periodic(self) -> None:
+        if self.periodic is not None and time.monotonic() >= self._next_periodic:
+            delay = 1.0
+            try:
+                delay = self.periodic()
+            except Exception as exc:
+                log.warning("procman: periodic output work failed (%s); will retry", exc)
+            self._next_periodic = time.monotonic() + delay
 
     def _safe(self, fn: t.Callable[[], None]) -> None:
         try:
@@ -250,6 +263,8 @@ class Watcher:
     def _wait_time(self, next_tick: float) -> float:
         now = time.monotonic()
         timeout = max(0.0, next_tick - now)
+        if self.periodic is not None:
+            timeout = min(timeout, max(0.0, self._next_periodic - now))
         with self._lock:
             for watched in self._watched.values():
                 if watched.pidfd is None:

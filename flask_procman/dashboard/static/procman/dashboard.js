@@ -17,6 +17,7 @@
   const TOKEN_KEY = "procman-token";
   const THEME_KEY = "procman-theme";
   const PAGE_SIZE_KEY = "procman-page-size";
+  const TIME_KEY = "procman-log-times";
   const REFRESH_MS = 2000;
   const LOG_CAP = 2 * 1024 * 1024;        // characters kept in one log view
   const INITIAL_TAIL = 256 * 1024;        // bytes of output read when a panel opens
@@ -741,18 +742,20 @@
     const tr = make("tr", "row");
     tr.dataset.processId = id;
     tr.tabIndex = 0;
-    const cells = ["col-id mono", "col-program", "status col-status", "col-pid num mono", "col-started", "col-duration num", "col-rc num mono", "col-cmd mono"];
+    const cells = ["col-id mono", "col-program", "status col-status", "col-progress", "col-pid num mono", "col-started", "col-duration num", "col-rc num mono", "col-cmd mono"];
     for (const cls of cells) tr.appendChild(make("td", cls));
     const idCell = tr.cells[0];
     idCell.appendChild(make("span", "id-text", id));
     idCell.title = id;
     tr.cells[2].appendChild(make("span", "pill"));
-    tr.cells[7].appendChild(make("span", "cmd-text"));
+    tr.cells[3].appendChild(make("span", "row-progress"));
+    tr.cells[8].appendChild(make("span", "cmd-text"));
     return tr;
   }
 
   function updateRow(tr, p) {
-    const [, program, status, pid, started, duration, rc, cmd] = tr.cells;
+    const [, program, status, progress, pid, started, duration, rc, cmd] = tr.cells;
+    if (window.ProcmanProgress) window.ProcmanProgress.update(progress.firstChild, p.progress, p.status === "running", false);
     setAttr(tr, "data-status", p.status);
     if (p.program) {
       setText(program, p.program);
@@ -907,23 +910,41 @@
     for (const node of document.querySelectorAll("[data-rel]")) {
       setText(node, relative(node.dataset.rel));
     }
+    if (window.ProcmanProgress) window.ProcmanProgress.tick();
   }
 
   // ------------------------------------------------------------- log views
 
   /** One <pre>: appends text in batches, keeps at most LOG_CAP characters. */
   class LogView {
-    constructor(pre) {
+    constructor(pre, gutter) {
       this.pre = pre;
+      this.gutter = gutter || null;  // time labels at line starts (ProcmanLogTime.Gutter)
       this.reset();
     }
     reset() {
       this.pre.textContent = "";
       this.chars = 0;
       this.dropped = 0;     // characters removed from the front to respect the cap
+      this.atLineStart = true;
+      if (this.gutter) this.gutter.reset();
     }
-    append(text, cls) {
+    /** Append `text`; `offset` (its first byte in the stream) gives each line its time label. */
+    append(text, cls, offset) {
       if (!text) return;
+      if (!this.gutter || offset == null) {
+        this.appendText(cleanLog(text), cls);
+        this.atLineStart = text.endsWith("\n");
+        return;
+      }
+      const split = window.ProcmanLogTime.pieces(text, offset, this.atLineStart);
+      this.atLineStart = split.atLineStart;
+      for (const piece of split.pieces) {
+        if (piece.start != null) this.pre.appendChild(this.gutter.label(piece.start));
+        this.appendText(cleanLog(piece.text), cls);
+      }
+    }
+    appendText(text, cls) {
       const pre = this.pre;
       const last = pre.lastChild;
       if (!cls) {
@@ -936,10 +957,16 @@
       }
       this.chars += text.length;
     }
-    prepend(text, cls) {
+    prepend(text, cls, offset) {
       if (!text) return;
-      const node = cls ? make("span", cls, text) : document.createTextNode(text);
-      this.pre.insertBefore(node, this.pre.firstChild);
+      const fragment = document.createDocumentFragment();
+      const parts = this.gutter && offset != null ? window.ProcmanLogTime.pieces(text, offset, true).pieces : [{ text, start: null }];
+      for (const piece of parts) {
+        if (piece.start != null) fragment.appendChild(this.gutter.label(piece.start));
+        const shown = cleanLog(piece.text);
+        fragment.appendChild(cls ? make("span", cls, shown) : document.createTextNode(shown));
+      }
+      this.pre.insertBefore(fragment, this.pre.firstChild);
       this.chars += text.length;
     }
     enforceCap() {
@@ -966,10 +993,14 @@
     }
   }
 
+  const LT = window.ProcmanLogTime;
+  // The time index entries of each stream: when each byte was written (see logtime.js).
+  const timelines = { stdout: new LT.Timeline(), stderr: new LT.Timeline() };
   const views = {
-    stdout: new LogView($("log-stdout")),
-    stderr: new LogView($("log-stderr")),
-    combined: new LogView($("log-combined")),
+    stdout: new LogView($("log-stdout"), new LT.Gutter(timelines.stdout)),
+    stderr: new LogView($("log-stderr"), new LT.Gutter(timelines.stderr)),
+    // "both": lines of the two streams ordered by when they were written (to the second).
+    combined: new LT.Merged($("log-combined"), timelines, { cap: LOG_CAP, clean: (text) => cleanLog(text) }),
   };
   // Byte positions of what the views show, per stream.
   const logs = {
@@ -986,6 +1017,7 @@
     clearTimeout(flushTimer);
     flushTimer = null;
     for (const v of Object.values(views)) v.reset();
+    for (const tl of Object.values(timelines)) tl.reset();
     logs.stdout = { start: 0, next: 0 };
     logs.stderr = { start: 0, next: 0 };
     el.logNote.hidden = true;
@@ -993,21 +1025,36 @@
     updateLogEmpty();
   }
 
-  /** Queue output of one stream that covers bytes [offset, next) of it. */
-  function addOutput(stream, text, offset, next) {
+  /** Queue output of one stream that covers bytes [offset, next) of it; `times` are its index entries. */
+  function addOutput(stream, text, offset, next, times) {
     const L = logs[stream];
     if (!L || text == null) return;
+    if (times) timelines[stream].add(times);
+    let start = offset;
     if (next != null && offset != null) {
       if (next <= L.next) return; // already shown
       if (offset > L.next) {
-        pending.push([stream, `\n[… ${fmtBytes(offset - L.next)} of output not shown …]\n`, "log-gap"]);
+        const dropped = state.detail && Number(state.detail[`${stream}_dropped`]) >= offset;
+        const what = dropped ? "dropped by the log cap (max_log_bytes)" : "not shown";
+        pending.push([stream, `\n[… ${fmtBytes(offset - L.next)} of output ${what} …]\n`, "log-gap", null]);
       } else if (offset < L.next) {
         text = decoder.decode(encoder.encode(text).subarray(L.next - offset)); // overlap: drop what is shown
+        start = L.next;
       }
       L.next = next;
     }
-    if (text) pending.push([stream, cleanLog(text), null]);
+    // Byte offsets must stay exact: only ANSI escapes are removed, after the offsets are counted.
+    if (text) pending.push([stream, text, null, start]);
     scheduleFlush();
+  }
+
+  /** Index entries that arrived after their bytes (SSE `times`): label and place the waiting lines. */
+  function addTimes(stream, times) {
+    if (!timelines[stream] || !timelines[stream].add(times)) return;
+    views[stream].gutter.refresh();
+    views.combined.refresh();
+    updateLogNote();
+    updateLogEmpty();
   }
 
   function scheduleFlush() {
@@ -1019,10 +1066,16 @@
     if (!pending.length) return;
     const batch = pending;
     pending = [];
-    for (const [stream, text, cls] of batch) {
-      views[stream].append(text, cls);
-      views.combined.append(text, stream === "stderr" ? (cls ? `log-stderr-line ${cls}` : "log-stderr-line") : cls);
+    for (const [stream, text, cls, offset] of batch) {
+      if (offset == null) {
+        views[stream].append(text, cls);  // a gap marker: the "both" view leaves it out
+        continue;
+      }
+      // Line starts are counted in bytes of the raw text; ANSI escapes are removed from what is shown.
+      views[stream].append(text, cls, offset);
+      views.combined.add(stream, text, offset, cls);
     }
+    for (const stream of ["stdout", "stderr"]) views[stream].gutter.refresh();
     for (const v of Object.values(views)) v.enforceCap();
     updateLogEmpty();
     updateLogNote();
@@ -1058,15 +1111,25 @@
     const tab = state.tab;
     const view = activeView();
     if (tab === "combined") {
-      const earlier = logs.stdout.start > 0 || logs.stderr.start > 0 || view.dropped > 0;
-      el.logNote.hidden = !earlier && !(state.detail && !state.detail.merge_stderr);
-      setText(el.logNoteText, "Output read when this panel opened is grouped by stream; newer output is interleaved as it arrives.");
+      el.logNote.hidden = !(state.detail && !state.detail.merge_stderr);
+      const waiting = view.pending ? ` ${view.pending} newer line${view.pending === 1 ? " waits" : "s wait"} for its time.` : "";
+      setText(el.logNoteText, "stdout and stderr interleaved by when each line was written, to the second: the order "
+        + "of lines within one second is not known (start with merge_stderr=True for the exact order)." + waiting);
       el.loadEarlier.hidden = true;
       return;
     }
     const L = logs[tab];
     const hiddenBytes = L.start;
     const dropped = view.dropped > 0;
+    const capped = state.detail ? Number(state.detail[`${tab}_dropped`]) || 0 : 0;
+    if (capped > 0 && (hiddenBytes <= capped || L.truncated)) {
+      // The head of the log file itself is gone: the log cap (max_log_bytes) dropped it.
+      el.logNote.hidden = false;
+      setText(el.logNoteText, `The first ${fmtBytes(capped)} of ${tab} were dropped by the log cap (max_log_bytes); `
+        + `showing what is kept, from byte ${capped.toLocaleString()}.`);
+      el.loadEarlier.hidden = true;
+      return;
+    }
     if (!hiddenBytes && !dropped) {
       el.logNote.hidden = true;
       return;
@@ -1117,9 +1180,11 @@
       }
       const pre = views[tab].pre;
       const before = pre.scrollHeight;
-      views[tab].prepend(cleanLog(text));
+      timelines[tab].add(r.times);
+      views[tab].prepend(text, null, r.offset != null ? r.offset : from);
       pre.scrollTop += pre.scrollHeight - before;
       L.start = r.offset != null ? r.offset : from;
+      if (r.truncated) L.truncated = true;
       updateLogEmpty();
       updateLogNote();
     } catch (err) {
@@ -1179,6 +1244,14 @@
     });
     el.wrap.addEventListener("change", () => {
       el.detail.classList.toggle("nowrap", !el.wrap.checked);
+    });
+    // The time column: when each line was written (the log's time index), to the second.
+    const timeToggle = $("time-toggle");
+    timeToggle.checked = pref(TIME_KEY, "off") === "on";
+    el.detail.classList.toggle("show-times", timeToggle.checked);
+    timeToggle.addEventListener("change", () => {
+      el.detail.classList.toggle("show-times", timeToggle.checked);
+      setPref(TIME_KEY, timeToggle.checked ? "on" : "off");
     });
     for (const view of Object.values(views)) {
       view.pre.addEventListener("scroll", () => {
@@ -1312,6 +1385,7 @@
     renderEnvKeys(fieldNode("env_keys"), p.env_keys);
     setField("cwd", p.cwd || "—", { muted: !p.cwd });
 
+    if (window.ProcmanProgress) window.ProcmanProgress.update($("detail-progress"), p.progress, p.status === "running", true);
     el.detailError.hidden = !p.error;
     setText(el.detailErrorText, p.error || "");
     setText(el.detailCmd, commandText(p.cmd));
@@ -1466,7 +1540,8 @@
           }
           logs[stream].start = from;
           logs[stream].next = from;
-          addOutput(stream, text, from, next);
+          logs[stream].truncated = !!r.truncated;  // the read began where a log cap dropped the head
+          addOutput(stream, text, from, next, r.times);
           if (!r.ended) complete = false;
         } catch (err) {
           if (seq !== state.detailSeq) return;
@@ -1482,6 +1557,7 @@
       }
       flushLogs();
       state.logsLoaded = true;
+      if (FINAL.has(p.status)) settleTimes(id, seq);
       if (FINAL.has(p.status) && complete) {
         setStreamState("ended", "Ended", "The process has ended; all of its output is shown.");
         return;
@@ -1492,6 +1568,30 @@
       return;
     }
     openStream(id, seq);
+  }
+
+  /** The run has ended: fetch the times of lines still waiting for one, then place every line. */
+  async function settleTimes(id, seq) {
+    const merged = views.combined;
+    for (const stream of ["stdout", "stderr"]) {
+      const waiting = merged.waiting[stream];
+      const labels = views[stream].gutter.waiting;
+      if (!waiting.length && !labels.length) continue;
+      const from = Math.min(waiting.length ? waiting[0].offset : Infinity,
+        labels.length ? Number(labels[0].dataset.offset) : Infinity);
+      const limit = Math.min(4 * 1024 * 1024, Math.max(1, logs[stream].next - from));
+      try {
+        const r = await api(`/processes/${enc(id)}/output`, { query: { stream, offset: from, limit } });
+        if (seq !== state.detailSeq) return;
+        addTimes(stream, r.times);
+      } catch (_) {
+        /* no times then: the lines go after the timed ones, in stream order */
+      }
+    }
+    if (seq !== state.detailSeq) return;
+    merged.settle();
+    updateLogNote();
+    updateLogEmpty();
   }
 
   function openStream(id, seq) {
@@ -1512,9 +1612,13 @@
       onEvent(type, data) {
         if (seq !== state.detailSeq) return;
         if ((type === "stdout" || type === "stderr") && data && typeof data === "object") {
-          addOutput(type, data.data || "", data.offset, data.next_offset);
+          addOutput(type, data.data || "", data.offset, data.next_offset, data.times);
+        } else if (type === "times" && data && typeof data === "object") {
+          addTimes(data.stream, data.times);
         } else if (type === "status" && data && typeof data === "object") {
           mergeDetail(data);
+        } else if (type === "progress" && data && typeof data === "object" && state.detail) {
+          mergeDetail({ id: state.detail.id, progress: data });
         } else if (type === "end" && data && data.status === "removed") {
           // The record was deleted while we watched.
           flushLogs();
@@ -1529,6 +1633,8 @@
           const st = state.detail ? state.detail.status : "ended";
           setStreamState("ended", "Ended", `The process ended (${st}); all of its output is shown.`);
           setTimeout(refresh, 0);
+          // The watcher times the last bytes just after the end: then the "both" view takes them in.
+          setTimeout(() => settleTimes(id, seq), 1200);
         }
       },
       onError(err) {

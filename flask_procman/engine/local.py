@@ -15,17 +15,8 @@ import typing as t
 import psutil
 
 from .logfiles import LogFiles
+from .wrapper import wrapper_argv
 
-#: The wrapper that makes exit statuses outlive the manager: it runs the command as its child,
-#: writes ``$?`` next to the logs, and dies the way the child died. ``trap : TERM`` (a handler,
-#: not an ignore, so the child gets the default disposition back at exec) keeps the wrapper alive
-#: while a stop's SIGTERM reaches the whole group; "$@" needs no quoting of the command. The
-#: wrapper's own stderr goes to /dev/null (the shell reports a child killed by a signal there) and
-#: the subshell hands the child the real one, so the logs hold only the child's bytes.
-WRAPPER = (
-    'trap : TERM; cd -- "$1" || exit 126; shift; exec 3>&2 2>/dev/null; (exec "$@" 3>&-) 2>&3; rc=$?; echo "$rc" >"$0"; '
-    'if [ "$rc" -gt 128 ]; then trap - TERM; kill -$((rc - 128)) $$ 2>/dev/null; fi; exit "$rc"'
-)
 
 IS_WINDOWS = sys.platform == "win32"
 
@@ -82,8 +73,8 @@ def resolve_executable(cmd0: str, cwd: str | None, env: t.Mapping[str, str]) -> 
 def spawn(cmd: list[str], cwd: str | None, env: dict[str, str], logs: LogFiles, merge_stderr: bool) -> Identity:
     """Start ``cmd`` in a new session with its output going straight into ``logs``.
 
-    ``os.posix_spawn`` (vfork: cheap) runs the ``/bin/sh`` wrapper, which changes to ``cwd`` and
-    runs the command. Raises ``OSError`` (missing executable or cwd, permission) before anything runs.
+    ``os.posix_spawn`` (vfork: cheap) runs the wrapper (:mod:`.wrapper`), which changes to ``cwd``,
+    runs the command and records its exact exit status. Raises ``OSError`` (missing executable or cwd, permission) before anything runs.
     """
     workdir = os.path.abspath(cwd) if cwd is not None else os.getcwd()
     if not os.path.isdir(workdir):
@@ -97,9 +88,10 @@ def spawn(cmd: list[str], cwd: str | None, env: dict[str, str], logs: LogFiles, 
                                      stdout=out_fd, stderr=err_fd, creationflags=flags)
             pid = popen.pid
         else:
+            argv = wrapper_argv(logs.exit_status_path, workdir, executable, cmd[1:])
             pid = os.posix_spawn(
-                "/bin/sh",
-                ["/bin/sh", "-c", WRAPPER, logs.exit_status_path, workdir, executable, *cmd[1:]],
+                argv[0],
+                argv,
                 env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

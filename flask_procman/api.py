@@ -386,8 +386,9 @@ def stop_process(process_id: str) -> Response:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
     if row["status"] in FINAL or not manager.stop_process(process_id):
         raise ApiError(409, "already_ended", f"Process {process_id!r} has already ended.")
-    status = manager.get_process_status(process_id)
-    return _json({"stopped": True, "process": _status_json(status or {})})
+    status = manager.get_process_status(process_id) or {}
+    # Processes of the run that outlived SIGKILL are in the answer, not only in the record.
+    return _json({"stopped": True, "survivors": list(status.get("survivors") or []), "process": _status_json(status)})
 
 
 @bp.delete("/api/processes/<process_id>")

@@ -19,7 +19,8 @@ from werkzeug.serving import is_running_from_reloader
 
 from . import errors
 from .config import MIB, Settings
-from .engine.local import Identity, kill_trees, process_start_time, spawn
+from .engine.identity import owner_id, owner_identity, record_identity
+from .engine.local import Identity, kill_trees, kill_trees_each, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
 from .engine.runtag import ENV_VAR as RUN_TAG_VAR
 from .engine.runtag import new_tag
@@ -99,7 +100,7 @@ class Manager:
 
     @property
     def owner(self) -> str:
-        """This manager's owner id: ``host|pid|start time|nonce``."""
+        """This manager's owner id: ``host|pid|start since boot|nonce|boot id`` (no wall-clock time)."""
         self._ensure_engine()
         return self._owner
 
@@ -151,7 +152,7 @@ class Manager:
                 return
             pid = os.getpid()
             self._cli_mode = _in_cli_command()
-            self._owner = f"{self.host}|{pid}|{process_start_time(pid):.6f}|{uuid.uuid4().hex[:8]}"
+            self._owner = owner_id(self.host, pid, uuid.uuid4().hex[:8])
             os.makedirs(self.settings.log_dir, mode=0o700, exist_ok=True)
             self._pool = concurrent.futures.ThreadPoolExecutor(_CALLBACK_THREADS, thread_name_prefix="procman-callback")
             self._watcher = Watcher(self, self.settings.poll_interval, self.settings.stop_timeout)
@@ -190,10 +191,9 @@ class Manager:
             for watched in owned:
                 self._try(lambda w=watched: self.store.update(  # type: ignore[misc]
                     w.process_id, expect_status=["running"], stop_requested="stop"))
-            survivors = kill_trees([w.identity for w in owned], self.settings.stop_timeout)
-            for watched in owned:
+            survivors = kill_trees_each([w.identity for w in owned], self.settings.stop_timeout)
+            for watched, left in zip(owned, survivors, strict=True):
                 code = self._exit_code_after_kill(watched.identity, watched.process_id, watched.is_child)
-                left = [p for p in survivors if p == watched.identity.pid]
                 self._try(lambda w=watched, c=code, s=left: self.record_end(  # type: ignore[misc]
                     w.process_id, c, survivors=s, inline=True))
         if stop_processes:
@@ -484,10 +484,9 @@ class Manager:
                 continue
             self.store.update(process_id, expect_status=["running"], stop_requested="stop")
             targets[process_id] = row
-        identities = {pid: Identity(row["pid"], row["pid_started"]) for pid, row in targets.items()}
-        survivors = kill_trees(list(identities.values()), grace) if identities else []
-        for process_id, identity in identities.items():
-            left = [p for p in survivors if p == identity.pid]
+        identities = {pid: t.cast(Identity, record_identity(row)) for pid, row in targets.items()}
+        survivors = kill_trees_each(list(identities.values()), grace) if identities else []
+        for (process_id, identity), left in zip(identities.items(), survivors, strict=True):
             if self._await_record(process_id, identity, left, wait=2.0 + self.settings.poll_interval):
                 ended.append(process_id)
         for process_id in remote:
@@ -577,6 +576,15 @@ class Manager:
     def read_exit_status(self, process_id: str) -> int | None:
         """The exit status the wrapper wrote next to the logs, if any."""
         return LogFiles(self.settings.log_dir, process_id).read_exit_status()
+
+    def record_survivors(self, process_id: str, survivors: list[int]) -> None:
+        """Processes an ended run left behind survived SIGKILL: the record says so (never silent)."""
+        row = self.store.get(process_id)
+        if row is None:
+            return
+        known = list(row["survivors"] or [])
+        error = (row["error"] or "") + f"\nleft behind and still alive after SIGKILL: {survivors}"
+        self.store.update(process_id, survivors=known + [p for p in survivors if p not in known], error=error.lstrip())
 
     def request_timeout_stop(self, process_id: str) -> None:
         """Mark a running process as stopped for its timeout (before it is signalled)."""
@@ -735,7 +743,7 @@ class Manager:
             timeout_left = row["timeout"] - (utcnow() - row["started_at"]).total_seconds()
         log.info("procman: adopting %s (pid %s) from %s", process_id, row["pid"], old_owner)
         t.cast(Watcher, self._watcher).watch(
-            process_id, Identity(row["pid"], row["pid_started"]), is_child=False, timeout_left=timeout_left
+            process_id, t.cast(Identity, record_identity(row)), is_child=False, timeout_left=timeout_left
         )
 
     # ================================================================ programs ===================
@@ -773,9 +781,7 @@ def _in_cli_command() -> bool:
 
 
 def _owner_alive(owner: str) -> bool:
-    """Is the manager behind an owner id still running? (Same host only; zombies are dead.)"""
-    try:
-        _host, pid, started, _nonce = owner.split("|")
-        return Identity(int(pid), float(started)).is_alive()
-    except ValueError:
-        return False
+    """Is the manager behind an owner id still running? (Same host only; zombies are dead.) Judged
+    by its start since boot and the boot id: a wall-clock step changes nothing."""
+    identity = owner_identity(owner)
+    return identity is not None and identity.is_alive()

@@ -11,7 +11,8 @@ import threading
 import time
 import typing as t
 
-from .local import Identity, TreeKiller, open_pidfd, reap
+from .kill import Snapshot, TreeKiller, scan_for
+from .local import Identity, open_pidfd, reap
 
 log = logging.getLogger("flask_procman")
 
@@ -43,6 +44,9 @@ class WatcherClient(t.Protocol):
     def read_exit_status(self, process_id: str) -> int | None:
         """The exit status the wrapper left on disk, if any."""
 
+    def record_survivors(self, process_id: str, survivors: list[int]) -> None:
+        """Add processes of an ended run that survived SIGKILL to its record."""
+
 
 @dataclasses.dataclass
 class Watched:
@@ -57,6 +61,50 @@ class Watched:
     kill_at: float | None = None
     killed: bool = False
     ended: bool = False
+    stop_wanted: bool = False  # a stop asked by begin_stop, started by the loop (batched)
+
+
+@dataclasses.dataclass
+class Leftover:
+    """What a run left behind when its main process ended: members of its process group (only for
+    our own children, whose group cannot have been reused) and processes carrying its run tag."""
+
+    process_id: str
+    identity: Identity  # of the run's main process (its run tag, its start)
+    pgid: int | None
+    procs: dict[int, t.Any]  # pid -> psutil.Process
+    kill_at: float
+    killed: bool = False
+
+    def any_alive(self) -> bool:
+        """True while any of it runs (cheap: no listing of the group)."""
+        return (self.pgid is not None and _group_exists(self.pgid)) or any(map(_proc_alive, self.procs.values()))
+
+    def survivors(self) -> list[int]:
+        """Pids still alive (the group's members are listed: one pass over /proc)."""
+        alive = [pid for pid, proc in self.procs.items() if _proc_alive(proc)]
+        if self.pgid is not None and _group_exists(self.pgid):
+            alive += [pid for pid in _group_members(self.pgid) if pid not in alive]
+        return alive
+
+
+def _proc_alive(proc: t.Any) -> bool:
+    try:
+        return bool(proc.is_running()) and proc.status() != "zombie"
+    except Exception:  # psutil.NoSuchProcess
+        return False
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getpgid(int(name)) == pgid:
+                    members.append(int(name))
+            except OSError:
+                pass
+    return members
 
 
 class Watcher:
@@ -78,8 +126,10 @@ class Watcher:
         self._incoming: list[Watched] = []
         self._watched: dict[str, Watched] = {}
         self._pending_ends: list[tuple[Watched, int | None]] = []
-        #: Process groups whose leader ended with members left behind: [pgid, kill_at, killed].
-        self._leftovers: list[list[t.Any]] = []
+        #: What ended runs left behind (group members, tagged processes), being stopped.
+        self._leftovers: list[Leftover] = []
+        #: Runs whose main process ended in this iteration: their leftovers are swept together.
+        self._ended: list[Watched] = []
         self._stopping = False
         self._tick_now = True
         self._selector = selectors.DefaultSelector()
@@ -149,11 +199,13 @@ class Watcher:
         self._resume.set()
 
     def begin_stop(self, process_id: str) -> None:
-        """Start a non-blocking stop (SIGTERM now, SIGKILL after the grace) of a watched process."""
+        """Start a non-blocking stop (SIGTERM at the loop's next step, SIGKILL after the grace) of a
+        watched process; the loop starts all the stops asked at once with one listing of processes."""
         with self._lock:
             watched = self._watched.get(process_id)
             if watched is not None and watched.killer is None:
-                self._begin_kill(watched)
+                watched.stop_wanted = True
+        self.wake()
 
     def stop(self, join: bool = True) -> None:
         """End the loop; the processes keep running."""
@@ -167,9 +219,10 @@ class Watcher:
                 self._close_pidfd(watched)
 
     def finish_leftovers(self) -> None:
-        """After :meth:`stop`: SIGKILL, once their grace is over, the groups that ended jobs left
-        behind (they were already sent SIGTERM), instead of dropping them with the loop."""
-        while any(not entry[2] for entry in self._leftovers):
+        """After :meth:`stop`: SIGKILL, once their grace is over, what ended jobs left behind (they
+        were already sent SIGTERM), instead of dropping them with the loop."""
+        self._sweep_ended()
+        while self._leftovers:
             self._kill_leftovers(time.monotonic())
             time.sleep(0.02)
 
@@ -229,6 +282,7 @@ class Watcher:
                     else:
                         self._on_exit(key.data)
                 self._poll_without_pidfd()
+                self._sweep_ended()
                 self._enforce_deadlines()
             except Exception:  # never let the watcher die: log and go on
                 log.exception("procman watcher loop error")
@@ -344,7 +398,8 @@ class Watcher:
     def _finish(self, watched: Watched, code: int | None) -> None:
         watched.ended = True
         self._close_pidfd(watched)
-        self._reap_group(watched)
+        if watched.killer is None:  # a stop's killer already covers the whole run
+            self._ended.append(watched)
         if code is None and watched.killed:
             code = -9  # killed by our SIGKILL: the wrapper had no chance to write a status
         if watched.killer is not None and watched.killer.survivors():
@@ -379,42 +434,75 @@ class Watcher:
                 continue
             self._report(watched, code)
 
-    def _begin_kill(self, watched: Watched) -> None:
-        watched.killer = TreeKiller(watched.identity)
-        watched.killer.terminate()
-        watched.kill_at = time.monotonic() + self._stop_timeout
+    def _begin_kills(self, batch: list[Watched]) -> None:
+        """SIGTERM to every run of ``batch``, from one listing of the processes."""
+        snapshot = scan_for(w.identity for w in batch)
+        for watched in batch:
+            watched.killer = TreeKiller(watched.identity)
+            watched.killer.terminate(snapshot)
+            watched.kill_at = time.monotonic() + self._stop_timeout
 
-    def _reap_group(self, watched: Watched) -> None:
-        """The root has ended: whatever is left in its process group (background children it did
-        not wait for) is stopped too, SIGTERM then SIGKILL, so that no job leaves processes behind.
-        The group id cannot be reused while any member lives, so this never hits a stranger.
-        Only for our own children, whose end is noticed at once (an adopted root may have been
-        gone for a while)."""
-        if not watched.is_child or not hasattr(os, "killpg"):
+    def _sweep_ended(self) -> None:
+        """The main processes of these runs have ended: whatever the runs left behind (children in
+        the process group they did not wait for, daemons that carry the run tag) is stopped too,
+        SIGTERM then SIGKILL, so that no job leaves processes behind. The group only for our own
+        children, whose end is noticed at once (an adopted root may have been gone for a while and
+        its group id reused); the tag is the run's own, so it is safe for adopted runs too."""
+        ended, self._ended = self._ended, []
+        if not ended:
             return
-        pgid = watched.identity.pid
-        if not _group_exists(pgid):
-            return
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            return
-        with self._lock:
-            self._leftovers.append([pgid, time.monotonic() + self._stop_timeout, False])
+        tagged = [w for w in ended if w.identity.run_tag]
+        snapshot: Snapshot | None = scan_for(w.identity for w in tagged) if tagged else None
+        for watched in ended:
+            pgid = watched.identity.pid if watched.is_child and hasattr(os, "killpg") else None
+            if pgid is not None and not _group_exists(pgid):
+                pgid = None
+            procs = {}
+            if snapshot is not None and watched.identity.run_tag:
+                procs = {p.pid: p for p in snapshot.tagged.get(watched.identity.run_tag, ()) if _proc_alive(p)}
+            if pgid is None and not procs:
+                continue
+            leftover = Leftover(watched.process_id, watched.identity, pgid, procs, time.monotonic() + self._stop_timeout)
+            self._signal_leftover(leftover, signal.SIGTERM)
+            with self._lock:
+                self._leftovers.append(leftover)
+
+    @staticmethod
+    def _signal_leftover(leftover: Leftover, sig: int) -> None:
+        if leftover.pgid is not None:
+            try:
+                os.killpg(leftover.pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in leftover.procs.values():
+            try:
+                if leftover.pgid is not None and os.getpgid(proc.pid) == leftover.pgid:
+                    continue  # reached through the group: signalled once
+                proc.send_signal(sig)  # psutil checks pid + start time
+            except Exception:  # gone, or no longer ours (psutil.NoSuchProcess, AccessDenied)
+                pass
 
     def _kill_leftovers(self, now: float) -> None:
+        due = [e for e in self._leftovers if now >= e.kill_at and not e.killed]
+        if due:
+            # A fresh listing: what the runs forked during the grace is killed as well.
+            snapshot = scan_for(e.identity for e in due if e.identity.run_tag)
+            for entry in due:
+                for proc in snapshot.tagged.get(entry.identity.run_tag or "", ()):
+                    entry.procs.setdefault(proc.pid, proc)
+                self._signal_leftover(entry, signal.SIGKILL)
+                entry.killed = True
         for entry in list(self._leftovers):
-            pgid, kill_at, killed = entry
-            if not _group_exists(pgid):
-                self._leftovers.remove(entry)
-            elif now >= kill_at and not killed:
+            if entry.any_alive() and (not entry.killed or now < entry.kill_at + 5.0):
+                continue  # in its grace, or SIGKILLed a moment ago
+            left = entry.survivors() if entry.killed else []
+            if left:
+                log.warning("procman: processes %s left by %s survived SIGKILL", left, entry.process_id)
                 try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                entry[2] = True
-            elif killed and now >= kill_at + 5.0:
-                log.warning("procman: processes of group %s survived SIGKILL", pgid)
+                    self._client.record_survivors(entry.process_id, left)
+                except Exception as exc:
+                    log.warning("procman: could not record the survivors of %s (%s)", entry.process_id, exc)
+            with self._lock:
                 self._leftovers.remove(entry)
 
     def _enforce_deadlines(self) -> None:
@@ -423,16 +511,25 @@ class Watcher:
             self._kill_leftovers(now)
         with self._lock:
             items = list(self._watched.values())
+        starting: list[Watched] = []
         for watched in items:
-            if watched.killer is None and watched.deadline is not None and now >= watched.deadline and not watched.ended:
+            if watched.killer is not None or watched.ended:
+                continue
+            if watched.deadline is not None and now >= watched.deadline:
                 try:
                     self._client.request_timeout_stop(watched.process_id)
                 except Exception as exc:
                     log.warning("procman: could not mark %s as timed out (%s)", watched.process_id, exc)
-                with self._lock:
-                    self._begin_kill(watched)
-            elif watched.killer is not None and not watched.killed and watched.kill_at is not None and now >= watched.kill_at:
-                watched.killer.kill()
+                starting.append(watched)
+            elif watched.stop_wanted:
+                starting.append(watched)
+        if starting:
+            self._begin_kills(starting)
+        due = [w for w in items if w.killer is not None and not w.killed and w.kill_at is not None and now >= w.kill_at]
+        if due:
+            snapshot = scan_for(w.identity for w in due)
+            for watched in due:
+                t.cast(TreeKiller, watched.killer).kill(snapshot)
                 watched.killed = True
         if any(w.killer is not None and w.killed for w, _ in self._pending_ends):
             self._retry_pending_ends()

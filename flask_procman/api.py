@@ -192,9 +192,15 @@ def dashboard() -> str:
 
 @bp.get("/api/health")
 def health() -> Response:
-    """Open liveness check: counts only."""
-    stats = _manager().stats()
-    return _json({"status": "ok", "running": stats["running"], "queued": stats["queued"]})
+    """Open liveness check: counts only, and whether the watchers run ("degraded" when this worker's
+    watcher thread had died (it is restarted by this request) or another worker's has stopped looping)."""
+    manager = _manager()
+    watcher_ran = manager.check_watcher()
+    stats = manager.stats()
+    stale = len(manager.watcher_health()["stale_watchers"])
+    ok = watcher_ran and not stale
+    return _json({"status": "ok" if ok else "degraded", "running": stats["running"], "queued": stats["queued"],
+                  "watcher": "running" if watcher_ran else "not running", "workers_without_watcher": stale})
 
 
 @bp.get("/api/processes")

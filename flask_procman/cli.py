@@ -368,15 +368,20 @@ def logs_command(process_id: str, use_stderr: bool, follow: bool, lines: int | N
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @_cli_errors
 def stats_command(as_json: bool) -> None:
-    """Count the processes by status."""
-    stats = _manager().stats()
+    """Count the processes by status; say when a worker's watcher is not running."""
+    manager = _manager()
+    stats = manager.stats()
+    stale = manager.watcher_health()["stale_watchers"]
     if as_json:
-        _echo_json(stats)
+        _echo_json({**stats, "stale_watchers": stale})
         return
     click.echo(f"running:       {stats['running']} / {stats['max_processes']}")
     click.echo(f"queued:        {stats['queued']}")
     for status in FINAL:
         click.echo(f"{status + ':':<14} {stats['by_status'].get(status, 0)}")
+    for beat in stale:  # a live worker whose watcher no longer loops: its ends go unrecorded
+        click.echo(f"watcher NOT RUNNING in {beat['owner']} (no heartbeat for "
+                   f"{beat['seconds_since_heartbeat']:.0f} s)", err=True)
 
 
 @procman_cli.command("programs")

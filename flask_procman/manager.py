@@ -19,6 +19,7 @@ from werkzeug.serving import is_running_from_reloader
 
 from . import errors
 from .config import MIB, Settings
+from .engine import heartbeat
 from .engine.identity import owner_id, owner_identity, record_identity
 from .engine.local import Identity, kill_trees, kill_trees_each, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
@@ -79,12 +80,17 @@ class Manager:
         self._ticks = 0
         self._atexit_pid: int | None = None
         self._fork_hooks = False
+        self._watcher_restarts = 0
+        self._watcher_error: str | None = None
 
     # ================================================================ engine lifecycle ==========
     @property
     def store(self) -> Store:
         """The record store, created on first use (never in ``init_app``)."""
         self._check_fork()
+        watcher = self._watcher
+        if watcher is not None and not watcher.is_alive() and not watcher.stopped and self._pid == os.getpid():
+            self._ensure_engine()  # every use of the store notices a dead watcher (cheap: a flag)
         if self._store is None:
             with self._lock:
                 if self._store is None:
@@ -143,19 +149,22 @@ class Manager:
         self._pid = None
 
     def _ensure_engine(self) -> None:
-        """Start the watcher on first use in this OS process (and again after a fork)."""
+        """Start the watcher on first use in this OS process (and again after a fork); restart it,
+        with a logged error, if its thread has died."""
         self._check_fork()
-        if self._pid == os.getpid() and self._watcher is not None:
+        if self._pid == os.getpid() and self._watcher is not None and self._watcher.is_alive():
             return
         with self._lock:
             if self._pid == os.getpid() and self._watcher is not None:
+                if not self._watcher.is_alive() and not self._watcher.stopped:
+                    self._restart_watcher(self._watcher)
                 return
             pid = os.getpid()
             self._cli_mode = _in_cli_command()
             self._owner = owner_id(self.host, pid, uuid.uuid4().hex[:8])
             os.makedirs(self.settings.log_dir, mode=0o700, exist_ok=True)
             self._pool = concurrent.futures.ThreadPoolExecutor(_CALLBACK_THREADS, thread_name_prefix="procman-callback")
-            self._watcher = Watcher(self, self.settings.poll_interval, self.settings.stop_timeout)
+            self._watcher = self._new_watcher()
             self._pid = pid
             self._watcher.start()
             if self._atexit_pid != pid:
@@ -164,6 +173,44 @@ class Manager:
             if not self._fork_hooks and hasattr(os, "register_at_fork"):
                 os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_in_parent)
                 self._fork_hooks = True
+
+    def _new_watcher(self) -> Watcher:
+        beat = None if self._cli_mode else self._heartbeat
+        return Watcher(self, self.settings.poll_interval, self.settings.stop_timeout, heartbeat=beat)
+
+    def _heartbeat(self) -> None:
+        heartbeat.beat(self.settings.log_dir, self._owner)
+
+    def _restart_watcher(self, dead: Watcher) -> None:
+        """The watcher thread died (it must not; each step is guarded): start a new one that follows
+        everything the dead one followed. Called with ``self._lock`` held."""
+        self._watcher_restarts += 1
+        self._watcher_error = dead.death or "the thread ended"
+        log.error("procman: the watcher thread of %s was not running (%s); restarting it (restart %d)",
+                  self._owner, self._watcher_error, self._watcher_restarts)
+        watcher = self._new_watcher()
+        watcher.take_over(dead)
+        self._watcher = watcher
+        watcher.start()
+
+    def check_watcher(self) -> bool:
+        """Cheap check that the watcher runs, restarting a dead one; False when it had died."""
+        watcher = self._watcher
+        if watcher is None or self._pid != os.getpid() or watcher.is_alive() or watcher.stopped:
+            return True
+        self._ensure_engine()
+        return False
+
+    def watcher_health(self) -> dict[str, t.Any]:
+        """``{"running", "restarts", "last_error", "stale_watchers"}``: whether this manager's watcher
+        runs (checked before any restart), how often it was restarted and why, and the managers of
+        this host whose watcher has not looped for a while (their heartbeats)."""
+        watcher = self._watcher
+        running = watcher is not None and self._pid == os.getpid() and watcher.is_alive()
+        max_age = max(10.0, 10 * self.settings.poll_interval)
+        stale = heartbeat.stale_watchers(self.settings.log_dir, self.host, max_age)
+        return {"running": running, "restarts": self._watcher_restarts, "last_error": self._watcher_error,
+                "stale_watchers": [b.to_dict() for b in stale if b.owner != self._owner]}
 
     def _atexit(self) -> None:
         if self._pid != os.getpid():
@@ -187,6 +234,7 @@ class Manager:
             owned = watcher.watched()
             self._watcher = None
             self._pid = None
+        heartbeat.forget(self.settings.log_dir, self._owner)
         if stop_processes and owned:
             for watched in owned:
                 self._try(lambda w=watched: self.store.update(  # type: ignore[misc]

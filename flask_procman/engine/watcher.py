@@ -117,9 +117,14 @@ class Watcher:
 
     FALLBACK_POLL = 0.1
     MIN_TICK_GAP = 0.05
+    HEARTBEAT_EVERY = 1.0
 
-    def __init__(self, client: WatcherClient, poll_interval: float, stop_timeout: float) -> None:
+    def __init__(self, client: WatcherClient, poll_interval: float, stop_timeout: float,
+                 heartbeat: t.Callable[[], None] | None = None) -> None:
         self._client = client
+        self._heartbeat = heartbeat
+        #: Why the thread ended, if it ended by an exception (it should not: each step is guarded).
+        self.death: str | None = None
         self._poll_interval = poll_interval
         self._stop_timeout = stop_timeout
         self._lock = threading.Lock()
@@ -151,6 +156,30 @@ class Watcher:
     def is_alive(self) -> bool:
         """True while the thread runs."""
         return self._thread.is_alive()
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called (a thread ended on purpose, not a dead one)."""
+        return self._stopping
+
+    def take_over(self, dead: Watcher) -> None:
+        """Follow everything a watcher whose thread died was following (before :meth:`start`): the
+        processes not yet recorded, the ends waiting to be recorded, the leftovers being stopped."""
+        got = dead._lock.acquire(timeout=1.0)  # its thread is gone; a lock it held is not awaited
+        try:
+            following = [*dead._watched.values(), *dead._incoming]
+            pending = list(dead._pending_ends)
+            self._leftovers = list(dead._leftovers)
+            self._ended = list(dead._ended)
+        finally:
+            if got:
+                dead._lock.release()
+        for watched in following:
+            dead._close_pidfd(watched)
+        pending_ids = {w.process_id for w, _ in pending}
+        self._pending_ends = pending
+        self._incoming = [w for w in following if not w.ended and w.process_id not in pending_ids]
+        dead.close()
 
     def watch(self, process_id: str, identity: Identity, *, is_child: bool, timeout_left: float | None) -> None:
         """Follow a process until it ends (thread-safe)."""
@@ -258,8 +287,16 @@ class Watcher:
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # each step is guarded; if the thread dies anyway, the manager restarts it
+            self.death = f"{type(exc).__name__}: {exc}"
+            log.critical("procman: the watcher thread died (%s)", self.death, exc_info=True)
+
+    def _loop(self) -> None:
         next_tick = 0.0
         last_tick = -1e9
+        next_beat = 0.0
         while not self._stopping:
             if self._pause_requested:
                 self._paused.set()
@@ -284,15 +321,18 @@ class Watcher:
                 self._poll_without_pidfd()
                 self._sweep_ended()
                 self._enforce_deadlines()
-            except Exception:  # never let the watcher die: log and go on
+                if self._heartbeat is not None and now >= next_beat:
+                    next_beat = now + self.HEARTBEAT_EVERY
+                    self._heartbeat()
+            except BaseException:  # never let the watcher die (SystemExit from a receiver too): log, go on
                 log.exception("procman watcher loop error")
                 time.sleep(0.1)
 
     def _safe(self, fn: t.Callable[[], None]) -> None:
         try:
             fn()
-        except Exception as exc:
-            log.warning("procman: periodic work failed (%s); will retry", exc)
+        except BaseException as exc:  # SystemExit from a signal receiver must not end the thread
+            log.warning("procman: periodic work failed (%s: %s); will retry", type(exc).__name__, exc)
 
     def _drain_wake(self) -> None:
         try:
@@ -413,8 +453,9 @@ class Watcher:
         survivors = watched.killer.survivors() if watched.killer is not None else []
         try:
             self._client.record_end(watched.process_id, code, survivors=survivors)
-        except Exception as exc:
-            log.warning("procman: could not record the end of %s (%s); will retry", watched.process_id, exc)
+        except BaseException as exc:  # a SystemExit from a receiver: the end is retried, not lost
+            log.warning("procman: could not record the end of %s (%s: %s); will retry",
+                        watched.process_id, type(exc).__name__, exc)
             with self._lock:
                 self._pending_ends.append((watched, code))
             return

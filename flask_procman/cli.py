@@ -27,6 +27,7 @@ import click
 from flask.cli import AppGroup
 
 from . import errors
+from .engine.identity import record_identity
 from .engine.local import Identity
 from .facade import manager_for
 from .manager import _owner_alive
@@ -229,7 +230,7 @@ def _follow(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, in
         if row["status"] in FINAL:  # its output was complete before its end was recorded
             return row["status"], row["return_code"]
         if (row["status"] == "running" and row["pid"] is not None and row["host"] == manager.host
-                and not Identity(row["pid"], row["pid_started"]).is_alive()
+                and not (record_identity(row) or Identity(row["pid"], 0.0)).is_alive()
                 and not _owner_alive(row["owner"] or "")):
             if dead_since is None:
                 dead_since = time.monotonic()

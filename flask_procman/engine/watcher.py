@@ -6,26 +6,15 @@ import dataclasses
 import logging
 import os
 import selectors
-import signal
 import threading
 import time
 import typing as t
 
-from .kill import Snapshot, TreeKiller, scan_for
+from .kill import TreeKiller, scan_for
+from .leftovers import Leftovers
 from .local import Identity, open_pidfd, reap
 
 log = logging.getLogger("flask_procman")
-
-
-def _group_exists(pgid: int) -> bool:
-    """True while any process (zombies included) is in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WatcherClient(t.Protocol):
@@ -64,49 +53,6 @@ class Watched:
     stop_wanted: bool = False  # a stop asked by begin_stop, started by the loop (batched)
 
 
-@dataclasses.dataclass
-class Leftover:
-    """What a run left behind when its main process ended: members of its process group (only for
-    our own children, whose group cannot have been reused) and processes carrying its run tag."""
-
-    process_id: str
-    identity: Identity  # of the run's main process (its run tag, its start)
-    pgid: int | None
-    procs: dict[int, t.Any]  # pid -> psutil.Process
-    kill_at: float
-    killed: bool = False
-
-    def any_alive(self) -> bool:
-        """True while any of it runs (cheap: no listing of the group)."""
-        return (self.pgid is not None and _group_exists(self.pgid)) or any(map(_proc_alive, self.procs.values()))
-
-    def survivors(self) -> list[int]:
-        """Pids still alive (the group's members are listed: one pass over /proc)."""
-        alive = [pid for pid, proc in self.procs.items() if _proc_alive(proc)]
-        if self.pgid is not None and _group_exists(self.pgid):
-            alive += [pid for pid in _group_members(self.pgid) if pid not in alive]
-        return alive
-
-
-def _proc_alive(proc: t.Any) -> bool:
-    try:
-        return bool(proc.is_running()) and proc.status() != "zombie"
-    except Exception:  # psutil.NoSuchProcess
-        return False
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.getpgid(int(name)) == pgid:
-                    members.append(int(name))
-            except OSError:
-                pass
-    return members
-
-
 class Watcher:
     """One thread per manager, whatever the number of processes.
 
@@ -132,9 +78,7 @@ class Watcher:
         self._watched: dict[str, Watched] = {}
         self._pending_ends: list[tuple[Watched, int | None]] = []
         #: What ended runs left behind (group members, tagged processes), being stopped.
-        self._leftovers: list[Leftover] = []
-        #: Runs whose main process ended in this iteration: their leftovers are swept together.
-        self._ended: list[Watched] = []
+        self._leftovers = Leftovers(stop_timeout, client.record_survivors)
         self._stopping = False
         self._tick_now = True
         self._selector = selectors.DefaultSelector()
@@ -169,8 +113,7 @@ class Watcher:
         try:
             following = [*dead._watched.values(), *dead._incoming]
             pending = list(dead._pending_ends)
-            self._leftovers = list(dead._leftovers)
-            self._ended = list(dead._ended)
+            self._leftovers = dead._leftovers
         finally:
             if got:
                 dead._lock.release()
@@ -250,10 +193,11 @@ class Watcher:
     def finish_leftovers(self) -> None:
         """After :meth:`stop`: SIGKILL, once their grace is over, what ended jobs left behind (they
         were already sent SIGTERM), instead of dropping them with the loop."""
-        self._sweep_ended()
-        while self._leftovers:
-            self._kill_leftovers(time.monotonic())
+        self._leftovers.sweep()
+        while self._leftovers.unkilled():  # no waiting for the deaths: the manager is going away
+            self._leftovers.step(time.monotonic())
             time.sleep(0.02)
+        self._leftovers.step(time.monotonic())
 
     def close(self) -> None:
         """Release the pipe and selector (after :meth:`stop`)."""
@@ -319,7 +263,7 @@ class Watcher:
                     else:
                         self._on_exit(key.data)
                 self._poll_without_pidfd()
-                self._sweep_ended()
+                self._leftovers.sweep()
                 self._enforce_deadlines()
                 if self._heartbeat is not None and now >= next_beat:
                     next_beat = now + self.HEARTBEAT_EVERY
@@ -354,7 +298,7 @@ class Watcher:
                     timeout = min(timeout, 0.05)
             if self._pending_ends:
                 timeout = min(timeout, 0.5)
-            if self._leftovers:
+            if self._leftovers.busy():
                 timeout = min(timeout, 0.1)
         return timeout
 
@@ -439,7 +383,7 @@ class Watcher:
         watched.ended = True
         self._close_pidfd(watched)
         if watched.killer is None:  # a stop's killer already covers the whole run
-            self._ended.append(watched)
+            self._leftovers.ended(watched.process_id, watched.identity, watched.is_child)
         if code is None and watched.killed:
             code = -9  # killed by our SIGKILL: the wrapper had no chance to write a status
         if watched.killer is not None and watched.killer.survivors():
@@ -483,73 +427,10 @@ class Watcher:
             watched.killer.terminate(snapshot)
             watched.kill_at = time.monotonic() + self._stop_timeout
 
-    def _sweep_ended(self) -> None:
-        """The main processes of these runs have ended: whatever the runs left behind (children in
-        the process group they did not wait for, daemons that carry the run tag) is stopped too,
-        SIGTERM then SIGKILL, so that no job leaves processes behind. The group only for our own
-        children, whose end is noticed at once (an adopted root may have been gone for a while and
-        its group id reused); the tag is the run's own, so it is safe for adopted runs too."""
-        ended, self._ended = self._ended, []
-        if not ended:
-            return
-        tagged = [w for w in ended if w.identity.run_tag]
-        snapshot: Snapshot | None = scan_for(w.identity for w in tagged) if tagged else None
-        for watched in ended:
-            pgid = watched.identity.pid if watched.is_child and hasattr(os, "killpg") else None
-            if pgid is not None and not _group_exists(pgid):
-                pgid = None
-            procs = {}
-            if snapshot is not None and watched.identity.run_tag:
-                procs = {p.pid: p for p in snapshot.tagged.get(watched.identity.run_tag, ()) if _proc_alive(p)}
-            if pgid is None and not procs:
-                continue
-            leftover = Leftover(watched.process_id, watched.identity, pgid, procs, time.monotonic() + self._stop_timeout)
-            self._signal_leftover(leftover, signal.SIGTERM)
-            with self._lock:
-                self._leftovers.append(leftover)
-
-    @staticmethod
-    def _signal_leftover(leftover: Leftover, sig: int) -> None:
-        if leftover.pgid is not None:
-            try:
-                os.killpg(leftover.pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for proc in leftover.procs.values():
-            try:
-                if leftover.pgid is not None and os.getpgid(proc.pid) == leftover.pgid:
-                    continue  # reached through the group: signalled once
-                proc.send_signal(sig)  # psutil checks pid + start time
-            except Exception:  # gone, or no longer ours (psutil.NoSuchProcess, AccessDenied)
-                pass
-
-    def _kill_leftovers(self, now: float) -> None:
-        due = [e for e in self._leftovers if now >= e.kill_at and not e.killed]
-        if due:
-            # A fresh listing: what the runs forked during the grace is killed as well.
-            snapshot = scan_for(e.identity for e in due if e.identity.run_tag)
-            for entry in due:
-                for proc in snapshot.tagged.get(entry.identity.run_tag or "", ()):
-                    entry.procs.setdefault(proc.pid, proc)
-                self._signal_leftover(entry, signal.SIGKILL)
-                entry.killed = True
-        for entry in list(self._leftovers):
-            if entry.any_alive() and (not entry.killed or now < entry.kill_at + 5.0):
-                continue  # in its grace, or SIGKILLed a moment ago
-            left = entry.survivors() if entry.killed else []
-            if left:
-                log.warning("procman: processes %s left by %s survived SIGKILL", left, entry.process_id)
-                try:
-                    self._client.record_survivors(entry.process_id, left)
-                except Exception as exc:
-                    log.warning("procman: could not record the survivors of %s (%s)", entry.process_id, exc)
-            with self._lock:
-                self._leftovers.remove(entry)
-
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        if self._leftovers:
-            self._kill_leftovers(now)
+        if self._leftovers.busy():
+            self._leftovers.step(now)
         with self._lock:
             items = list(self._watched.values())
         starting: list[Watched] = []

@@ -566,6 +566,8 @@ class Manager:
         if survivors:
             self._try(lambda: self.store.update(process_id, survivors=survivors))
         if self._poll_final(process_id, wait) is not None:
+            if survivors:  # recorded by the watcher, which did not know: the error says so too
+                self._try(lambda: self.record_survivors(process_id, survivors))
             return True
         code = self._exit_code_after_kill(identity, process_id, is_child=False)
         self.record_end(process_id, code, survivors=survivors)
@@ -631,7 +633,7 @@ class Manager:
         if row is None:
             return
         known = list(row["survivors"] or [])
-        error = (row["error"] or "") + f"\nleft behind and still alive after SIGKILL: {survivors}"
+        error = (row["error"] or "") + f"\nprocesses of the run still alive after SIGKILL: {survivors}"
         self.store.update(process_id, survivors=known + [p for p in survivors if p not in known], error=error.lstrip())
 
     def request_timeout_stop(self, process_id: str) -> None:

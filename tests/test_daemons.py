@@ -110,3 +110,52 @@ def test_a_stop_over_http_ends_the_daemon(make_app: AppFactory, pidfile: t.Any) 
     assert answer.status_code == 200, answer.get_data(as_text=True)
     assert answer.get_json()["survivors"] == []
     assert _gone(daemon)
+
+
+def _refuse_signals_to(monkeypatch: pytest.MonkeyPatch, pid: int) -> None:
+    """Fault injection: the OS refuses to end ``pid`` (as for a process in uninterruptible sleep):
+    signals sent to it through psutil are dropped."""
+    real = psutil.Process.send_signal
+
+    def send_signal(self: psutil.Process, sig: int) -> None:
+        if self.pid != pid:
+            real(self, sig)
+
+    monkeypatch.setattr(psutil.Process, "send_signal", send_signal)
+
+
+def test_a_daemon_that_survives_sigkill_is_listed_in_the_record_and_the_answer(
+        make_app: AppFactory, pidfile: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(PROCMAN_STOP_TIMEOUT=0.5, PROCMAN_API_TOKEN="test-token-0123456789")
+    pm = app.extensions["procman"]
+    with app.app_context():
+        assert pm.start_process("d", [PY, "-c", DAEMON, str(pidfile), "stay"])
+        daemon = _daemon_pid(pidfile)
+    _refuse_signals_to(monkeypatch, daemon)
+    answer = app.test_client().post("/procman/api/processes/d/stop",
+                                    headers={"Authorization": "Bearer test-token-0123456789"})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["survivors"] == [daemon] and body["process"]["survivors"] == [daemon]
+    assert f"still alive after SIGKILL: [{daemon}]" in body["process"]["error"]
+    assert not _gone(daemon)
+
+
+def test_a_daemon_left_by_an_ended_job_that_survives_sigkill_is_recorded(
+        make_app: AppFactory, pidfile: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(PROCMAN_STOP_TIMEOUT=0.5)
+    pm = app.extensions["procman"]
+    go = pidfile.parent / "go"
+    # The main process waits for "go" before ending, so that the fault is in place before the sweep.
+    wait_for_go = f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+    script = DAEMON.replace('if mode == "end":', wait_for_go + 'if mode == "end":')
+    with app.app_context():
+        assert pm.start_process("d", [PY, "-c", script, str(pidfile), "end"])
+        daemon = _daemon_pid(pidfile)
+        _refuse_signals_to(monkeypatch, daemon)
+        go.touch()
+        assert pm.wait("d", timeout=30)["status"] == "completed"
+        status = wait_until(lambda: (s := pm.get_process_status("d")) and s["survivors"] and s, timeout=20,
+                            message="the survivor in the record")
+    assert status["survivors"] == [daemon] and "still alive after SIGKILL" in status["error"]
+    assert status["status"] == "completed" and status["return_code"] == 0

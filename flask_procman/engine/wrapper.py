@@ -20,7 +20,11 @@ import sys
 #: signal back at its default disposition and an empty mask, whatever the manager had (Python ignores
 #: SIGPIPE and SIGXFSZ, a server may ignore others). Exit codes 126/127 as a shell: cwd or exec failed.
 WRAPPER = r"""
-import os, signal, sys
+import os, sys
+try:
+    import _signal as signal  # the C module: "import signal" costs more than the rest of the start (enum)
+except ImportError:
+    import signal
 path, cwd, *argv = sys.argv[1:]
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)

@@ -71,6 +71,8 @@ class Watcher:
         self._heartbeat = heartbeat
         #: Why the thread ended, if it ended by an exception (it should not: each step is guarded).
         self.death: str | None = None
+        #: The watcher that took over from this dead one: late calls are passed on to it.
+        self._successor: Watcher | None = None
         self._poll_interval = poll_interval
         self._stop_timeout = stop_timeout
         self._lock = threading.Lock()
@@ -111,6 +113,7 @@ class Watcher:
         processes not yet recorded, the ends waiting to be recorded, the leftovers being stopped."""
         got = dead._lock.acquire(timeout=1.0)  # its thread is gone; a lock it held is not awaited
         try:
+            dead._successor = self  # a watch() racing with this hand-over reaches us
             following = [*dead._watched.values(), *dead._incoming]
             pending = list(dead._pending_ends)
             self._leftovers = dead._leftovers
@@ -128,16 +131,26 @@ class Watcher:
         """Follow a process until it ends (thread-safe)."""
         deadline = time.monotonic() + max(0.0, timeout_left) if timeout_left is not None else None
         with self._lock:
-            self._incoming.append(Watched(process_id, identity, is_child, deadline))
+            successor = self._successor
+            if successor is None:
+                self._incoming.append(Watched(process_id, identity, is_child, deadline))
+        if successor is not None:
+            successor.watch(process_id, identity, is_child=is_child, timeout_left=timeout_left)
+            return
         self.wake()
 
     def request_tick(self) -> None:
         """Run the periodic database work soon (e.g. a slot was freed)."""
+        if self._successor is not None:
+            self._successor.request_tick()
+            return
         self._tick_now = True
         self.wake()
 
     def wake(self) -> None:
         """Interrupt the loop's wait."""
+        if self._wake_w < 0:  # closed: the fd number may belong to another file by now
+            return
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -173,6 +186,9 @@ class Watcher:
     def begin_stop(self, process_id: str) -> None:
         """Start a non-blocking stop (SIGTERM at the loop's next step, SIGKILL after the grace) of a
         watched process; the loop starts all the stops asked at once with one listing of processes."""
+        if self._successor is not None:
+            self._successor.begin_stop(process_id)
+            return
         with self._lock:
             watched = self._watched.get(process_id)
             if watched is not None and watched.killer is None:
@@ -202,7 +218,8 @@ class Watcher:
     def close(self) -> None:
         """Release the pipe and selector (after :meth:`stop`)."""
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1  # a late wake() writes nowhere
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:

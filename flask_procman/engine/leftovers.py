@@ -98,14 +98,23 @@ class Leftover:
 
 class Leftovers:
     """The leftovers of the runs a watcher saw end (used from the watcher thread; :meth:`busy`
-    from any)."""
+    from any).
+
+    A run's process group is signalled as soon as its end is seen; the listing that finds its tagged
+    processes (one pass over /proc for all the runs that ended meanwhile) is made at most every
+    :attr:`SCAN_GAP` seconds, so that a burst of short jobs does not read /proc once per job.
+    """
+
+    SCAN_GAP = 0.25
 
     def __init__(self, grace: float, report: SurvivorsReport) -> None:
         self._grace = grace
         self._report = report
         self._lock = threading.Lock()
         self._ended: list[tuple[str, Identity, bool]] = []
+        self._unscanned: list[tuple[str, Identity, Leftover | None]] = []
         self._entries: list[Leftover] = []
+        self._next_scan = 0.0
 
     def ended(self, process_id: str, identity: Identity, is_child: bool) -> None:
         """The main process of this run has ended (swept at the next :meth:`sweep`, with others)."""
@@ -114,35 +123,43 @@ class Leftovers:
 
     def unkilled(self) -> bool:
         """True while some leftover has not been sent its SIGKILL yet."""
-        return bool(self._ended) or any(not e.killed for e in self._entries)
+        return bool(self._ended or self._unscanned) or any(not e.killed for e in self._entries)
 
     def busy(self) -> bool:
         """True while there are runs to sweep or leftovers being stopped."""
-        return bool(self._ended or self._entries)
+        return bool(self._ended or self._unscanned or self._entries)
 
-    def sweep(self) -> None:
-        """SIGTERM what the runs that ended since the last sweep left behind: one listing of the
-        processes for all of them. The group only for our own children, whose end is noticed at
-        once (an adopted root may have been gone for a while and its group id reused); the tag is
-        the run's own, so it is safe for adopted runs too."""
+    def sweep(self, force: bool = False) -> None:
+        """SIGTERM what the runs that ended since the last sweep left behind. The group only for our
+        own children, whose end is noticed at once (an adopted root may have been gone for a while
+        and its group id reused); the tag is the run's own, so it is safe for adopted runs too."""
+        now = time.monotonic()
         with self._lock:
             ended, self._ended = self._ended, []
-        if not ended:
-            return
-        tagged = [identity for _, identity, _ in ended if identity.run_tag]
-        snapshot = scan_for(tagged) if tagged else None
         for process_id, identity, is_child in ended:
+            entry = None
             pgid = identity.pid if is_child and hasattr(os, "killpg") else None
-            if pgid is not None and not group_exists(pgid):
-                pgid = None
-            procs: dict[int, psutil.Process] = {}
-            if snapshot is not None and identity.run_tag:
-                procs = {p.pid: p for p in snapshot.tagged.get(identity.run_tag, ()) if _alive(p)}
-            if pgid is None and not procs:
-                continue
-            entry = Leftover(process_id, identity, pgid, procs, time.monotonic() + self._grace)
-            entry.signal(signal.SIGTERM)
-            self._entries.append(entry)
+            if pgid is not None and group_exists(pgid):
+                entry = Leftover(process_id, identity, pgid, {}, now + self._grace)
+                entry.signal(signal.SIGTERM)
+                self._entries.append(entry)
+            if identity.run_tag:
+                self._unscanned.append((process_id, identity, entry))
+        if self._unscanned and (force or now >= self._next_scan):
+            self._next_scan = now + self.SCAN_GAP
+            unscanned, self._unscanned = self._unscanned, []
+            snapshot = scan_for(identity for _, identity, _ in unscanned)
+            for process_id, identity, entry in unscanned:
+                procs = {p.pid: p for p in snapshot.tagged.get(identity.run_tag or "", ()) if _alive(p)}
+                if entry is None:
+                    if not procs:
+                        continue
+                    entry = Leftover(process_id, identity, None, {}, now + self._grace)
+                    self._entries.append(entry)
+                new = Leftover(process_id, identity, entry.pgid, {pid: p for pid, p in procs.items()
+                                                                 if pid not in entry.procs}, entry.kill_at)
+                new.signal(signal.SIGTERM)  # only the processes not signalled yet
+                entry.procs.update(new.procs)
 
     def step(self, now: float) -> None:
         """SIGKILL what outlived its grace (listing the runs' processes afresh: what they forked

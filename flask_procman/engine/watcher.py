@@ -209,7 +209,7 @@ class Watcher:
     def finish_leftovers(self) -> None:
         """After :meth:`stop`: SIGKILL, once their grace is over, what ended jobs left behind (they
         were already sent SIGTERM), instead of dropping them with the loop."""
-        self._leftovers.sweep()
+        self._leftovers.sweep(force=True)
         while self._leftovers.unkilled():  # no waiting for the deaths: the manager is going away
             self._leftovers.step(time.monotonic())
             time.sleep(0.02)

@@ -223,9 +223,15 @@ def dashboard() -> str:
 
 @bp.get("/api/health")
 def health() -> Response:
-    """Open liveness check: counts only."""
-    stats = _manager().stats()
-    return _json({"status": "ok", "running": stats["running"], "queued": stats["queued"]})
+    """Open liveness check: counts only, and whether the watchers run ("degraded" when this worker's
+    watcher thread had died (it is restarted by this request) or another worker's has stopped looping)."""
+    manager = _manager()
+    watcher_ran = manager.check_watcher()
+    stats = manager.stats()
+    stale = len(manager.watcher_health()["stale_watchers"])
+    ok = watcher_ran and not stale
+    return _json({"status": "ok" if ok else "degraded", "running": stats["running"], "queued": stats["queued"],
+                  "watcher": "running" if watcher_ran else "not running", "workers_without_watcher": stale})
 
 
 @bp.get("/api/processes")
@@ -446,8 +452,9 @@ def stop_process(process_id: str) -> Response:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
     if row["status"] in FINAL or not manager.stop_process(process_id):
         raise ApiError(409, "already_ended", f"Process {process_id!r} has already ended.")
-    status = manager.get_process_status(process_id)
-    return _json({"stopped": True, "process": _status_json(status or {})})
+    status = manager.get_process_status(process_id) or {}
+    # Processes of the run that outlived SIGKILL are in the answer, not only in the record.
+    return _json({"stopped": True, "survivors": list(status.get("survivors") or []), "process": _status_json(status)})
 
 
 @bp.delete("/api/processes/<process_id>")

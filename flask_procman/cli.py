@@ -27,6 +27,7 @@ import click
 from flask.cli import AppGroup
 
 from . import errors
+from .engine.identity import record_identity
 from .engine.local import Identity
 from .facade import manager_for
 from .manager import _owner_alive
@@ -253,7 +254,7 @@ def _follow(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, in
         if row["status"] in FINAL:  # its output was complete before its end was recorded
             return row["status"], row["return_code"]
         if (row["status"] == "running" and row["pid"] is not None and row["host"] == manager.host
-                and not Identity(row["pid"], row["pid_started"]).is_alive()
+                and not (record_identity(row) or Identity(row["pid"], 0.0)).is_alive()
                 and not _owner_alive(row["owner"] or "")):
             if dead_since is None:
                 dead_since = time.monotonic()
@@ -397,15 +398,20 @@ def logs_command(process_id: str, use_stderr: bool, follow: bool, lines: int | N
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @_cli_errors
 def stats_command(as_json: bool) -> None:
-    """Count the processes by status."""
-    stats = _manager().stats()
+    """Count the processes by status; say when a worker's watcher is not running."""
+    manager = _manager()
+    stats = manager.stats()
+    stale = manager.watcher_health()["stale_watchers"]
     if as_json:
-        _echo_json(stats)
+        _echo_json({**stats, "stale_watchers": stale})
         return
     click.echo(f"running:       {stats['running']} / {stats['max_processes']}")
     click.echo(f"queued:        {stats['queued']}")
     for status in FINAL:
         click.echo(f"{status + ':':<14} {stats['by_status'].get(status, 0)}")
+    for beat in stale:  # a live worker whose watcher no longer loops: its ends go unrecorded
+        click.echo(f"watcher NOT RUNNING in {beat['owner']} (no heartbeat for "
+                   f"{beat['seconds_since_heartbeat']:.0f} s)", err=True)
 
 
 @procman_cli.command("programs")

@@ -19,8 +19,9 @@ from werkzeug.serving import is_running_from_reloader
 
 from . import errors
 from .config import MIB, Settings
-from .engine import outputopts, timeindex
-from .engine.local import Identity, kill_trees, process_start_time, spawn
+from .engine import heartbeat, outputopts, timeindex
+from .engine.identity import owner_id, owner_identity, record_identity
+from .engine.local import Identity, kill_trees, kill_trees_each, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
 from .engine.outputread import OutputChunk, offset_since, read_chunk
 from .engine.outputwatch import OutputKeeper
@@ -88,12 +89,17 @@ class Manager:
         self._ticks = 0
         self._atexit_pid: int | None = None
         self._fork_hooks = False
+        self._watcher_restarts = 0
+        self._watcher_error: str | None = None
 
     # ================================================================ engine lifecycle ==========
     @property
     def store(self) -> Store:
         """The record store, created on first use (never in ``init_app``)."""
         self._check_fork()
+        watcher = self._watcher
+        if watcher is not None and not watcher.is_alive() and not watcher.stopped and self._pid == os.getpid():
+            self._ensure_engine()  # every use of the store notices a dead watcher (cheap: a flag)
         if self._store is None:
             with self._lock:
                 if self._store is None:
@@ -109,7 +115,7 @@ class Manager:
 
     @property
     def owner(self) -> str:
-        """This manager's owner id: ``host|pid|start time|nonce``."""
+        """This manager's owner id: ``host|pid|start since boot|nonce|boot id`` (no wall-clock time)."""
         self._ensure_engine()
         return self._owner
 
@@ -152,21 +158,22 @@ class Manager:
         self._pid = None
 
     def _ensure_engine(self) -> None:
-        """Start the watcher on first use in this OS process (and again after a fork)."""
+        """Start the watcher on first use in this OS process (and again after a fork); restart it,
+        with a logged error, if its thread has died."""
         self._check_fork()
-        if self._pid == os.getpid() and self._watcher is not None:
+        if self._pid == os.getpid() and self._watcher is not None and self._watcher.is_alive():
             return
         with self._lock:
             if self._pid == os.getpid() and self._watcher is not None:
+                if not self._watcher.is_alive() and not self._watcher.stopped:
+                    self._restart_watcher(self._watcher)
                 return
             pid = os.getpid()
             self._cli_mode = _in_cli_command()
-            self._owner = f"{self.host}|{pid}|{process_start_time(pid):.6f}|{uuid.uuid4().hex[:8]}"
+            self._owner = owner_id(self.host, pid, uuid.uuid4().hex[:8])
             os.makedirs(self.settings.log_dir, mode=0o700, exist_ok=True)
             self._pool = concurrent.futures.ThreadPoolExecutor(_CALLBACK_THREADS, thread_name_prefix="procman-callback")
-            self._watcher = Watcher(self, self.settings.poll_interval, self.settings.stop_timeout)
-            keeper, watcher = OutputKeeper(self.settings.log_dir, self._stop_for_log_limit), self._watcher
-            watcher.periodic = lambda: keeper.look([w.process_id for w in watcher.watched()])
+            self._watcher = self._new_watcher()
             self._pid = pid
             self._watcher.start()
             if self._atexit_pid != pid:
@@ -175,6 +182,47 @@ class Manager:
             if not self._fork_hooks and hasattr(os, "register_at_fork"):
                 os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_in_parent)
                 self._fork_hooks = True
+
+    def _new_watcher(self) -> Watcher:
+        beat = None if self._cli_mode else self._heartbeat
+        watcher = Watcher(self, self.settings.poll_interval, self.settings.stop_timeout, heartbeat=beat)
+        keeper = OutputKeeper(self.settings.log_dir, self._stop_for_log_limit)  # progress, time index, log caps
+        watcher.periodic = lambda: keeper.look([w.process_id for w in watcher.watched()])
+        return watcher
+
+    def _heartbeat(self) -> None:
+        heartbeat.beat(self.settings.log_dir, self._owner)
+
+    def _restart_watcher(self, dead: Watcher) -> None:
+        """The watcher thread died (it must not; each step is guarded): start a new one that follows
+        everything the dead one followed. Called with ``self._lock`` held."""
+        self._watcher_restarts += 1
+        self._watcher_error = dead.death or "the thread ended"
+        log.error("procman: the watcher thread of %s was not running (%s); restarting it (restart %d)",
+                  self._owner, self._watcher_error, self._watcher_restarts)
+        watcher = self._new_watcher()
+        watcher.take_over(dead)
+        self._watcher = watcher
+        watcher.start()
+
+    def check_watcher(self) -> bool:
+        """Cheap check that the watcher runs, restarting a dead one; False when it had died."""
+        watcher = self._watcher
+        if watcher is None or self._pid != os.getpid() or watcher.is_alive() or watcher.stopped:
+            return True
+        self._ensure_engine()
+        return False
+
+    def watcher_health(self) -> dict[str, t.Any]:
+        """``{"running", "restarts", "last_error", "stale_watchers"}``: whether this manager's watcher
+        runs (checked before any restart), how often it was restarted and why, and the managers of
+        this host whose watcher has not looped for a while (their heartbeats)."""
+        watcher = self._watcher
+        running = watcher is not None and self._pid == os.getpid() and watcher.is_alive()
+        max_age = max(10.0, 10 * self.settings.poll_interval)
+        stale = heartbeat.stale_watchers(self.settings.log_dir, self.host, max_age)
+        return {"running": running, "restarts": self._watcher_restarts, "last_error": self._watcher_error,
+                "stale_watchers": [b.to_dict() for b in stale if b.owner != self._owner]}
 
     def _atexit(self) -> None:
         if self._pid != os.getpid():
@@ -198,14 +246,14 @@ class Manager:
             owned = watcher.watched()
             self._watcher = None
             self._pid = None
+        heartbeat.forget(self.settings.log_dir, self._owner)
         if stop_processes and owned:
             for watched in owned:
                 self._try(lambda w=watched: self.store.update(  # type: ignore[misc]
                     w.process_id, expect_status=["running"], stop_requested="stop"))
-            survivors = kill_trees([w.identity for w in owned], self.settings.stop_timeout)
-            for watched in owned:
+            survivors = kill_trees_each([w.identity for w in owned], self.settings.stop_timeout)
+            for watched, left in zip(owned, survivors, strict=True):
                 code = self._exit_code_after_kill(watched.identity, watched.process_id, watched.is_child)
-                left = [p for p in survivors if p == watched.identity.pid]
                 self._try(lambda w=watched, c=code, s=left: self.record_end(  # type: ignore[misc]
                     w.process_id, c, survivors=s, inline=True))
         if stop_processes:
@@ -566,10 +614,9 @@ class Manager:
                 continue
             self.store.update(process_id, expect_status=["running"], stop_requested="stop")
             targets[process_id] = row
-        identities = {pid: Identity(row["pid"], row["pid_started"]) for pid, row in targets.items()}
-        survivors = kill_trees(list(identities.values()), grace) if identities else []
-        for process_id, identity in identities.items():
-            left = [p for p in survivors if p == identity.pid]
+        identities = {pid: t.cast(Identity, record_identity(row)) for pid, row in targets.items()}
+        survivors = kill_trees_each(list(identities.values()), grace) if identities else []
+        for (process_id, identity), left in zip(identities.items(), survivors, strict=True):
             if self._await_record(process_id, identity, left, wait=2.0 + self.settings.poll_interval):
                 ended.append(process_id)
         for process_id in remote:
@@ -601,6 +648,8 @@ class Manager:
         if survivors:
             self._try(lambda: self.store.update(process_id, survivors=survivors))
         if self._poll_final(process_id, wait) is not None:
+            if survivors:  # recorded by the watcher, which did not know: the error says so too
+                self._try(lambda: self.record_survivors(process_id, survivors))
             return True
         code = self._exit_code_after_kill(identity, process_id, is_child=False)
         self.record_end(process_id, code, survivors=survivors)
@@ -659,6 +708,15 @@ class Manager:
     def read_exit_status(self, process_id: str) -> int | None:
         """The exit status the wrapper wrote next to the logs, if any."""
         return LogFiles(self.settings.log_dir, process_id).read_exit_status()
+
+    def record_survivors(self, process_id: str, survivors: list[int]) -> None:
+        """Processes an ended run left behind survived SIGKILL: the record says so (never silent)."""
+        row = self.store.get(process_id)
+        if row is None:
+            return
+        known = list(row["survivors"] or [])
+        error = (row["error"] or "") + f"\nprocesses of the run still alive after SIGKILL: {survivors}"
+        self.store.update(process_id, survivors=known + [p for p in survivors if p not in known], error=error.lstrip())
 
     def request_timeout_stop(self, process_id: str) -> None:
         """Mark a running process as stopped for its timeout (before it is signalled)."""
@@ -827,7 +885,7 @@ class Manager:
             timeout_left = row["timeout"] - (utcnow() - row["started_at"]).total_seconds()
         log.info("procman: adopting %s (pid %s) from %s", process_id, row["pid"], old_owner)
         t.cast(Watcher, self._watcher).watch(
-            process_id, Identity(row["pid"], row["pid_started"]), is_child=False, timeout_left=timeout_left
+            process_id, t.cast(Identity, record_identity(row)), is_child=False, timeout_left=timeout_left
         )
 
     # ================================================================ programs ===================
@@ -866,9 +924,7 @@ def _in_cli_command() -> bool:
 
 
 def _owner_alive(owner: str) -> bool:
-    """Is the manager behind an owner id still running? (Same host only; zombies are dead.)"""
-    try:
-        _host, pid, started, _nonce = owner.split("|")
-        return Identity(int(pid), float(started)).is_alive()
-    except ValueError:
-        return False
+    """Is the manager behind an owner id still running? (Same host only; zombies are dead.) Judged
+    by its start since boot and the boot id: a wall-clock step changes nothing."""
+    identity = owner_identity(owner)
+    return identity is not None and identity.is_alive()

@@ -83,10 +83,14 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
     paths: dict[str, t.Any] = {
         "/api/health": {"get": {
             "summary": "Liveness and counts (open, reveals counts only)", "operationId": "health", "security": [],
-            "responses": {"200": _json({"type": "object", "required": ["status", "running", "queued"],
+            "responses": {"200": _json({"type": "object", "required": ["status", "running", "queued", "watcher",
+                                                                       "workers_without_watcher"],
                                         "additionalProperties": False,
-                                        "properties": {"status": {"const": "ok"}, "running": {"type": "integer"},
-                                                       "queued": {"type": "integer"}}}),
+                                        "properties": {"status": {"enum": ["ok", "degraded"]},
+                                                       "running": {"type": "integer"},
+                                                       "queued": {"type": "integer"},
+                                                       "watcher": {"enum": ["running", "not running"]},
+                                                       "workers_without_watcher": {"type": "integer"}}}),
                           **_error_responses(503)},
         }},
         "/api/processes": {"get": {
@@ -163,8 +167,10 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
         "/api/processes/{process_id}/stop": {"post": {
             "summary": "Stop a running or queued process (its whole tree)", "operationId": "stopProcess",
             "parameters": [pid],
-            "responses": {"200": _json({"type": "object", "required": ["stopped", "process"],
-                                        "properties": {"stopped": {"const": True}, "process": status_ref}}),
+            "responses": {"200": _json({"type": "object", "required": ["stopped", "survivors", "process"],
+                                        "properties": {"stopped": {"const": True},
+                                                       "survivors": {"type": "array", "items": {"type": "integer"}},
+                                                       "process": status_ref}}),
                           **_error_responses(400, *auth_errors, 404, 409)},
         }},
         "/api/programs": {"get": {

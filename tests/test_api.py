@@ -633,7 +633,8 @@ def test_health_is_open_and_reveals_counts_only(make_app: AppFactory) -> None:
         _start(app, "h1", SLEEPER, metadata={"owner": "alice"})
     response = app.test_client().get(f"{API}/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "running": 1, "queued": 0}
+    assert response.get_json() == {"status": "ok", "running": 1, "queued": 0, "watcher": "running",
+                                   "workers_without_watcher": 0}
     assert "h1" not in response.get_data(as_text=True)
     closed = make_app("closed")  # the default (closed) API keeps health open too
     assert closed.test_client().get(f"{API}/health").get_json()["status"] == "ok"

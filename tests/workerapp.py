@@ -61,7 +61,7 @@ def create_app() -> Flask:
 
 
 def main(argv: list[str]) -> None:
-    """``burst N PREFIX SECONDS [queue]`` | ``start ID SECONDS...`` | ``serve``: see the tests."""
+    """``burst N PREFIX SECONDS [queue]`` | ``start ID SECONDS...`` | ``startjson JSON`` | ``serve``: see the tests."""
     app = create_app()
     command = argv[0]
     with app.app_context():
@@ -95,6 +95,13 @@ def main(argv: list[str]) -> None:
                     raise SystemExit(f"cap reached for {process_id}")
             print("started", flush=True)
             sys.stdin.read()  # stay until the test closes stdin (or kills us)
+        elif command == "startjson":
+            # startjson JSON: start each [id, cmd] of a JSON list (no handler), then stay like "start".
+            for process_id, cmd in json.loads(argv[1]):
+                if not procman.start_process(process_id, cmd):
+                    raise SystemExit(f"cap reached for {process_id}")
+            print("started", flush=True)
+            sys.stdin.read()
         elif command == "serve":
             procman.stats()  # start the engine: it adopts and records what others left
             print("serving", flush=True)

@@ -11,6 +11,7 @@ import typing as t
 
 from . import timeindex
 from .logcap import data_start
+from .wrapper import parse_exit_status
 
 #: Process ids become folder names, so they are restricted to this shape.
 PROCESS_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -64,7 +65,7 @@ class LogFiles:
 
     @property
     def exit_status_path(self) -> str:
-        """File the ``/bin/sh`` wrapper writes the child's exit status into."""
+        """File the wrapper writes the child's exit status into (``code N`` or ``signal N``)."""
         return os.path.join(self.folder, _RC_FILE)
 
     @property
@@ -168,12 +169,7 @@ class LogFiles:
                 text = f.read().strip()
         except FileNotFoundError:
             return None
-        try:
-            status = int(text)
-        except ValueError:
-            return None
-        # The shell reports death by signal N as 128+N; report it as -N like subprocess does.
-        return -(status - 128) if 128 < status < 128 + 65 else status
+        return parse_exit_status(text.decode("ascii", errors="replace"))
 
     # -- queued environment ----------------------------------------------------------------------
     def write_env(self, env: t.Mapping[str, str]) -> None:

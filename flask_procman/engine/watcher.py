@@ -6,25 +6,15 @@ import dataclasses
 import logging
 import os
 import selectors
-import signal
 import threading
 import time
 import typing as t
 
-from .local import Identity, TreeKiller, open_pidfd, reap
+from .kill import TreeKiller, scan_for
+from .leftovers import Leftovers
+from .local import Identity, open_pidfd, reap
 
 log = logging.getLogger("flask_procman")
-
-
-def _group_exists(pgid: int) -> bool:
-    """True while any process (zombies included) is in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WatcherClient(t.Protocol):
@@ -43,6 +33,9 @@ class WatcherClient(t.Protocol):
     def read_exit_status(self, process_id: str) -> int | None:
         """The exit status the wrapper left on disk, if any."""
 
+    def record_survivors(self, process_id: str, survivors: list[int]) -> None:
+        """Add processes of an ended run that survived SIGKILL to its record."""
+
 
 @dataclasses.dataclass
 class Watched:
@@ -57,6 +50,7 @@ class Watched:
     kill_at: float | None = None
     killed: bool = False
     ended: bool = False
+    stop_wanted: bool = False  # a stop asked by begin_stop, started by the loop (batched)
 
 
 class Watcher:
@@ -69,17 +63,24 @@ class Watcher:
 
     FALLBACK_POLL = 0.1
     MIN_TICK_GAP = 0.05
+    HEARTBEAT_EVERY = 1.0
 
-    def __init__(self, client: WatcherClient, poll_interval: float, stop_timeout: float) -> None:
+    def __init__(self, client: WatcherClient, poll_interval: float, stop_timeout: float,
+                 heartbeat: t.Callable[[], None] | None = None) -> None:
         self._client = client
+        self._heartbeat = heartbeat
+        #: Why the thread ended, if it ended by an exception (it should not: each step is guarded).
+        self.death: str | None = None
+        #: The watcher that took over from this dead one: late calls are passed on to it.
+        self._successor: Watcher | None = None
         self._poll_interval = poll_interval
         self._stop_timeout = stop_timeout
         self._lock = threading.Lock()
         self._incoming: list[Watched] = []
         self._watched: dict[str, Watched] = {}
         self._pending_ends: list[tuple[Watched, int | None]] = []
-        #: Process groups whose leader ended with members left behind: [pgid, kill_at, killed].
-        self._leftovers: list[list[t.Any]] = []
+        #: What ended runs left behind (group members, tagged processes), being stopped.
+        self._leftovers = Leftovers(stop_timeout, client.record_survivors)
         self._stopping = False
         self._tick_now = True
         self._selector = selectors.DefaultSelector()
@@ -105,20 +106,54 @@ class Watcher:
         """True while the thread runs."""
         return self._thread.is_alive()
 
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called (a thread ended on purpose, not a dead one)."""
+        return self._stopping
+
+    def take_over(self, dead: Watcher) -> None:
+        """Follow everything a watcher whose thread died was following (before :meth:`start`): the
+        processes not yet recorded, the ends waiting to be recorded, the leftovers being stopped."""
+        got = dead._lock.acquire(timeout=1.0)  # its thread is gone; a lock it held is not awaited
+        try:
+            dead._successor = self  # a watch() racing with this hand-over reaches us
+            following = [*dead._watched.values(), *dead._incoming]
+            pending = list(dead._pending_ends)
+            self._leftovers = dead._leftovers
+        finally:
+            if got:
+                dead._lock.release()
+        for watched in following:
+            dead._close_pidfd(watched)
+        pending_ids = {w.process_id for w, _ in pending}
+        self._pending_ends = pending
+        self._incoming = [w for w in following if not w.ended and w.process_id not in pending_ids]
+        dead.close()
+
     def watch(self, process_id: str, identity: Identity, *, is_child: bool, timeout_left: float | None) -> None:
         """Follow a process until it ends (thread-safe)."""
         deadline = time.monotonic() + max(0.0, timeout_left) if timeout_left is not None else None
         with self._lock:
-            self._incoming.append(Watched(process_id, identity, is_child, deadline))
+            successor = self._successor
+            if successor is None:
+                self._incoming.append(Watched(process_id, identity, is_child, deadline))
+        if successor is not None:
+            successor.watch(process_id, identity, is_child=is_child, timeout_left=timeout_left)
+            return
         self.wake()
 
     def request_tick(self) -> None:
         """Run the periodic database work soon (e.g. a slot was freed)."""
+        if self._successor is not None:
+            self._successor.request_tick()
+            return
         self._tick_now = True
         self.wake()
 
     def wake(self) -> None:
         """Interrupt the loop's wait."""
+        if self._wake_w < 0:  # closed: the fd number may belong to another file by now
+            return
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -152,11 +187,16 @@ class Watcher:
         self._resume.set()
 
     def begin_stop(self, process_id: str) -> None:
-        """Start a non-blocking stop (SIGTERM now, SIGKILL after the grace) of a watched process."""
+        """Start a non-blocking stop (SIGTERM at the loop's next step, SIGKILL after the grace) of a
+        watched process; the loop starts all the stops asked at once with one listing of processes."""
+        if self._successor is not None:
+            self._successor.begin_stop(process_id)
+            return
         with self._lock:
             watched = self._watched.get(process_id)
             if watched is not None and watched.killer is None:
-                self._begin_kill(watched)
+                watched.stop_wanted = True
+        self.wake()
 
     def stop(self, join: bool = True) -> None:
         """End the loop; the processes keep running."""
@@ -170,16 +210,19 @@ class Watcher:
                 self._close_pidfd(watched)
 
     def finish_leftovers(self) -> None:
-        """After :meth:`stop`: SIGKILL, once their grace is over, the groups that ended jobs left
-        behind (they were already sent SIGTERM), instead of dropping them with the loop."""
-        while any(not entry[2] for entry in self._leftovers):
-            self._kill_leftovers(time.monotonic())
+        """After :meth:`stop`: SIGKILL, once their grace is over, what ended jobs left behind (they
+        were already sent SIGTERM), instead of dropping them with the loop."""
+        self._leftovers.sweep(force=True)
+        while self._leftovers.unkilled():  # no waiting for the deaths: the manager is going away
+            self._leftovers.step(time.monotonic())
             time.sleep(0.02)
+        self._leftovers.step(time.monotonic())
 
     def close(self) -> None:
         """Release the pipe and selector (after :meth:`stop`)."""
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1  # a late wake() writes nowhere
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
@@ -208,8 +251,16 @@ class Watcher:
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # each step is guarded; if the thread dies anyway, the manager restarts it
+            self.death = f"{type(exc).__name__}: {exc}"
+            log.critical("procman: the watcher thread died (%s)", self.death, exc_info=True)
+
+    def _loop(self) -> None:
         next_tick = 0.0
         last_tick = -1e9
+        next_beat = 0.0
         while not self._stopping:
             if self._pause_requested:
                 self._paused.set()
@@ -232,9 +283,13 @@ class Watcher:
                     else:
                         self._on_exit(key.data)
                 self._poll_without_pidfd()
+                self._leftovers.sweep()
                 self._enforce_deadlines()
                 self._run_periodic()
-            except Exception:  # never let the watcher die: log and go on
+                if self._heartbeat is not None and now >= next_beat:
+                    next_beat = now + self.HEARTBEAT_EVERY
+                    self._heartbeat()
+            except BaseException:  # never let the watcher die (SystemExit from a receiver too): log, go on
                 log.exception("procman watcher loop error")
                 time.sleep(0.1)
 
@@ -250,8 +305,8 @@ class Watcher:
     def _safe(self, fn: t.Callable[[], None]) -> None:
         try:
             fn()
-        except Exception as exc:
-            log.warning("procman: periodic work failed (%s); will retry", exc)
+        except BaseException as exc:  # SystemExit from a signal receiver must not end the thread
+            log.warning("procman: periodic work failed (%s: %s); will retry", type(exc).__name__, exc)
 
     def _drain_wake(self) -> None:
         try:
@@ -275,7 +330,7 @@ class Watcher:
                     timeout = min(timeout, 0.05)
             if self._pending_ends:
                 timeout = min(timeout, 0.5)
-            if self._leftovers:
+            if self._leftovers.busy():
                 timeout = min(timeout, 0.1)
         return timeout
 
@@ -359,7 +414,8 @@ class Watcher:
     def _finish(self, watched: Watched, code: int | None) -> None:
         watched.ended = True
         self._close_pidfd(watched)
-        self._reap_group(watched)
+        if watched.killer is None:  # a stop's killer already covers the whole run
+            self._leftovers.ended(watched.process_id, watched.identity, watched.is_child)
         if code is None and watched.killed:
             code = -9  # killed by our SIGKILL: the wrapper had no chance to write a status
         if watched.killer is not None and watched.killer.survivors():
@@ -373,8 +429,9 @@ class Watcher:
         survivors = watched.killer.survivors() if watched.killer is not None else []
         try:
             self._client.record_end(watched.process_id, code, survivors=survivors)
-        except Exception as exc:
-            log.warning("procman: could not record the end of %s (%s); will retry", watched.process_id, exc)
+        except BaseException as exc:  # a SystemExit from a receiver: the end is retried, not lost
+            log.warning("procman: could not record the end of %s (%s: %s); will retry",
+                        watched.process_id, type(exc).__name__, exc)
             with self._lock:
                 self._pending_ends.append((watched, code))
             return
@@ -394,60 +451,39 @@ class Watcher:
                 continue
             self._report(watched, code)
 
-    def _begin_kill(self, watched: Watched) -> None:
-        watched.killer = TreeKiller(watched.identity)
-        watched.killer.terminate()
-        watched.kill_at = time.monotonic() + self._stop_timeout
-
-    def _reap_group(self, watched: Watched) -> None:
-        """The root has ended: whatever is left in its process group (background children it did
-        not wait for) is stopped too, SIGTERM then SIGKILL, so that no job leaves processes behind.
-        The group id cannot be reused while any member lives, so this never hits a stranger.
-        Only for our own children, whose end is noticed at once (an adopted root may have been
-        gone for a while)."""
-        if not watched.is_child or not hasattr(os, "killpg"):
-            return
-        pgid = watched.identity.pid
-        if not _group_exists(pgid):
-            return
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            return
-        with self._lock:
-            self._leftovers.append([pgid, time.monotonic() + self._stop_timeout, False])
-
-    def _kill_leftovers(self, now: float) -> None:
-        for entry in list(self._leftovers):
-            pgid, kill_at, killed = entry
-            if not _group_exists(pgid):
-                self._leftovers.remove(entry)
-            elif now >= kill_at and not killed:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                entry[2] = True
-            elif killed and now >= kill_at + 5.0:
-                log.warning("procman: processes of group %s survived SIGKILL", pgid)
-                self._leftovers.remove(entry)
+    def _begin_kills(self, batch: list[Watched]) -> None:
+        """SIGTERM to every run of ``batch``, from one listing of the processes."""
+        snapshot = scan_for(w.identity for w in batch)
+        for watched in batch:
+            watched.killer = TreeKiller(watched.identity)
+            watched.killer.terminate(snapshot)
+            watched.kill_at = time.monotonic() + self._stop_timeout
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        if self._leftovers:
-            self._kill_leftovers(now)
+        if self._leftovers.busy():
+            self._leftovers.step(now)
         with self._lock:
             items = list(self._watched.values())
+        starting: list[Watched] = []
         for watched in items:
-            if watched.killer is None and watched.deadline is not None and now >= watched.deadline and not watched.ended:
+            if watched.killer is not None or watched.ended:
+                continue
+            if watched.deadline is not None and now >= watched.deadline:
                 try:
                     self._client.request_timeout_stop(watched.process_id)
                 except Exception as exc:
                     log.warning("procman: could not mark %s as timed out (%s)", watched.process_id, exc)
-                with self._lock:
-                    self._begin_kill(watched)
-            elif watched.killer is not None and not watched.killed and watched.kill_at is not None and now >= watched.kill_at:
-                watched.killer.kill()
+                starting.append(watched)
+            elif watched.stop_wanted:
+                starting.append(watched)
+        if starting:
+            self._begin_kills(starting)
+        due = [w for w in items if w.killer is not None and not w.killed and w.kill_at is not None and now >= w.kill_at]
+        if due:
+            snapshot = scan_for(w.identity for w in due)
+            for watched in due:
+                t.cast(TreeKiller, watched.killer).kill(snapshot)
                 watched.killed = True
         if any(w.killer is not None and w.killed for w, _ in self._pending_ends):
             self._retry_pending_ends()

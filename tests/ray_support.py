@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 
 import psutil
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL_HINT = (
@@ -33,6 +34,8 @@ INSTALL_HINT = (
 WORKER_RESOURCE = "evalbox"
 #: Seconds a node may take to answer (the research measured 2-6 s idle; this machine is shared).
 START_DEADLINE = 120.0
+#: The cluster runs with Ray's token authentication on, so every test sends the token for real.
+TOKEN = "procman-test-" + os.urandom(12).hex()
 
 
 def find_ray() -> str | None:
@@ -57,7 +60,8 @@ def http_json(url: str, *, method: str = "GET", body: dict[str, t.Any] | None = 
               timeout: float = 5.0) -> t.Any:
     """One JSON request with the standard library (the fixture does not rely on the code under test)."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.loads(answer.read())
 
@@ -86,7 +90,8 @@ class RayNode:
         self.log_path = os.path.join(temp_dir, f"{name}.out")
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                    # Without this a SIGTERM waits up to 30 s for running jobs to drain.
-                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
         env.pop("RAY_ADDRESS", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([ray, "start", "--block", *args], env=env, cwd=temp_dir,
@@ -265,3 +270,28 @@ class RayCluster:
     def remove(self) -> None:
         """Delete the temp dir (after :meth:`stop`)."""
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> t.Iterator[RayCluster]:
+    """One real Ray cluster for the whole session (head + ``evalbox`` node, token auth on).
+
+    Skipped without a ``ray`` executable, failed instead under ``PROCMAN_REQUIRE_RAY=1``. At the
+    end both nodes are stopped by pid and the fixture fails if any of their processes is left.
+    """
+    ray = find_ray()
+    if ray is None:
+        message = f"Ray tests need a `ray` executable. {INSTALL_HINT}"
+        if ray_required():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    cluster = RayCluster(ray)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        left = cluster.leftovers()
+        cluster.remove()
+        print(f"\nRay cluster timings (s): { {k: round(v, 2) for k, v in cluster.timings.items()} }")
+    assert not left, f"Ray processes left after the cluster stopped: {[p.pid for p in left]}"

@@ -82,8 +82,9 @@ class RayJobsClient:
         except (requests.ConnectionError, requests.Timeout) as exc:
             # requests' messages name the URL, never the headers: the token cannot leak here.
             raise BackendUnavailable(
-                f"The Ray head at {self.address} is unreachable ({type(exc).__name__}); check that it runs "
-                "and that this address is right. Nothing was changed on the cluster by this call."
+                f"The Ray head at {self.address} is unreachable ({type(exc).__name__}); check that it runs and "
+                "that this address is right. A request cut off after it was sent may still have taken effect: "
+                "look the job up by its submission id."
             ) from None
         except requests.RequestException as exc:
             raise BackendError(f"{method} {path} to the Ray head at {self.address} failed: {type(exc).__name__}") from None

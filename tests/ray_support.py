@@ -111,24 +111,31 @@ class RayNode:
             return []
 
     def stop(self, timeout: float = 20.0) -> list[psutil.Process]:
-        """SIGTERM (``ray start --block`` stops its own node), then SIGKILL what is left; returns
-        the processes that were part of the node, for the caller to verify they are gone."""
+        """SIGTERM (``ray start --block`` stops its own node), then SIGKILL to its process group and
+        to every process of the node listed before; returns those processes, for the caller to
+        verify they are gone."""
         procs = self.processes()
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+        pid = self.proc.pid
+        if self.proc.returncode is None:
             try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
                 pass
-        kill_all(procs + [p for p in [self._group_leader()] if p is not None])
+            # Wait WITHOUT reaping: while the exited leader is an unreaped zombie its pid (and so
+            # the group id) cannot be reused, so the killpg below can only hit this node's group.
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if info is not None:
+                    break
+                time.sleep(0.05)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+        kill_all(procs)
         return procs
-
-    def _group_leader(self) -> psutil.Process | None:
-        try:
-            return psutil.Process(self.proc.pid)
-        except psutil.NoSuchProcess:
-            return None
-
 
 def kill_all(procs: t.Iterable[psutil.Process]) -> None:
     """SIGKILL every still-running process of ``procs`` (psutil checks pid + start time) and reap ours."""
@@ -176,13 +183,13 @@ class RayCluster:
         self.head: RayNode | None = None
         self.worker: RayNode | None = None
         self.seen: list[psutil.Process] = []
-        #: Seconds each phase took, for the report.
+        #: Seconds each phase took (``#n``: of the n-th start), for the report.
         self.timings: dict[str, float] = {}
+        self.starts = 0
 
     # -- nodes -----------------------------------------------------------------------------------
     def start_head(self) -> None:
-        """Start the head and wait until its Jobs API answers."""
-        began = time.monotonic()
+        """Start the head; return once its GCS port accepts connections (the second node's cue)."""
         p = self.ports
         self.head = RayNode(self.ray, [
             "--head", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
@@ -194,13 +201,11 @@ class RayCluster:
             f"--dashboard-agent-grpc-port={p['head_agent_grpc']}", f"--runtime-env-agent-port={p['head_rtenv']}",
         ], self.temp_dir, "head")
         head = self.head
-        wait_for(lambda: http_json(self.address + "/api/version", timeout=2), time.monotonic() + START_DEADLINE,
-                 f"the Ray head's dashboard (log: {head.log_path})", head.alive)
-        self.timings["head_start"] = time.monotonic() - began
+        wait_for(lambda: socket.create_connection(("127.0.0.1", p["gcs"]), timeout=1).close() or True,
+                 time.monotonic() + START_DEADLINE, f"the Ray head's GCS (log: {head.log_path})", head.alive)
 
     def start_worker(self) -> None:
-        """Start the second node (1 CPU, ``evalbox: 1``) and wait until the head lists it alive."""
-        began = time.monotonic()
+        """Start the second node (1 CPU, ``evalbox: 1``)."""
         p = self.ports
         self.worker = RayNode(self.ray, [
             f"--address=127.0.0.1:{p['gcs']}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
@@ -209,10 +214,15 @@ class RayCluster:
             f"--metrics-export-port={p['w_metrics']}", f"--dashboard-agent-listen-port={p['w_agent_http']}",
             f"--dashboard-agent-grpc-port={p['w_agent_grpc']}", f"--runtime-env-agent-port={p['w_rtenv']}",
         ], self.temp_dir, "worker")
-        worker = self.worker
+
+    def wait_ready(self) -> None:
+        """Wait until the head's Jobs API answers and lists both nodes alive."""
+        head, worker = self.head, self.worker
+        assert head is not None and worker is not None
+        wait_for(lambda: http_json(self.address + "/api/version", timeout=2), time.monotonic() + START_DEADLINE,
+                 f"the Ray head's dashboard (log: {head.log_path})", head.alive)
         wait_for(lambda: self.alive_nodes() >= 2, time.monotonic() + START_DEADLINE,
-                 f"the second Ray node (log: {worker.log_path})", worker.alive)
-        self.timings["worker_start"] = time.monotonic() - began
+                 f"the second Ray node (log: {worker.log_path})", lambda: head.alive() and worker.alive())
 
     def alive_nodes(self) -> int:
         """How many nodes the head lists as alive."""
@@ -233,12 +243,16 @@ class RayCluster:
             return bool(status == "SUCCEEDED")
 
         wait_for(done, time.monotonic() + START_DEADLINE, "the warm-up job")
-        self.timings["warm_up_job"] = time.monotonic() - began
+        self.timings[f"warm_up_job#{self.starts}"] = time.monotonic() - began
 
     def start(self) -> None:
-        """Head, second node, warm-up job."""
+        """Head, second node (started as soon as the head's GCS listens), warm-up job."""
+        self.starts += 1
+        began = time.monotonic()
         self.start_head()
         self.start_worker()
+        self.wait_ready()
+        self.timings[f"nodes_ready#{self.starts}"] = time.monotonic() - began
         self.warm_up()
 
     # -- stopping ----------------------------------------------------------------------------------
@@ -256,7 +270,7 @@ class RayCluster:
                 self.seen += node.stop()
         self.worker = self.head = None
         kill_all(self.seen + processes_mentioning(self.temp_dir))
-        self.timings["stop"] = time.monotonic() - began
+        self.timings[f"stop#{self.starts}"] = time.monotonic() - began
 
     def leftovers(self) -> list[psutil.Process]:
         """Processes of this cluster that still run (must be none after :meth:`stop`)."""

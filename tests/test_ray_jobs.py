@@ -18,7 +18,7 @@ import pytest
 from conftest import PY, present, wait_until
 from ray_support import TOKEN, WORKER_RESOURCE, RayCluster
 
-from flask_procman.backends import BackendAuthError, BackendUnavailable, InfeasibleResources
+from flask_procman.backends import BackendAuthError, BackendError, BackendUnavailable, InfeasibleResources
 from flask_procman.backends.ray_jobs import JobEnd, RayJobsBackend
 from flask_procman.backends.ray_logs import LogMirror, MirrorMismatch
 
@@ -81,6 +81,11 @@ def test_env_cwd_and_argv_reach_the_job(backend: RayJobsBackend, tmp_path: t.Any
     assert json.loads(line[len("RESULT "):]) == [str(workdir), "a value with 'quotes' and $dollars", argv]
     details = present(backend.details(sid))
     assert details["metadata"] == {"procman_id": "env-test", "procman_run_tag": sid}
+    # A retried submit of the same run (its manager died before recording it) finds the job;
+    # the same id for another process is refused.
+    assert backend.submit(submission_id=sid, process_id="env-test", cmd=["true"]) == sid
+    with pytest.raises(BackendError, match="already exists"):
+        backend.submit(submission_id=sid, process_id="someone-else", cmd=["true"])
 
 
 def test_exit_codes_zero_nonzero_and_signal(backend: RayJobsBackend) -> None:

@@ -26,16 +26,20 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in every
 SUBMISSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: Ray's job log file name on the node that runs the job's driver.
 JOB_LOG_NAME = "job-driver-{}.log"
+_ERROR_LINE_RE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): .*$", re.MULTILINE)
 #: Characters of a refusal's body kept in an error message (Ray answers with whole tracebacks).
 _REASON_CHARS = 500
 
 
 def _reason(response: requests.Response) -> str:
-    """The useful part of a refusal: Ray's 500s are Python tracebacks whose last line is the error."""
+    """The useful part of a refusal: Ray's 500s are Python tracebacks (sometimes followed by more
+    lines); the last ``SomeError: message`` line says what went wrong."""
     text = response.text.strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
-    return (last if "Traceback" in text else text)[:_REASON_CHARS] or response.reason
+    if "Traceback" in text:
+        errors = _ERROR_LINE_RE.findall(text)
+        if errors:
+            return str(errors[-1]).strip()[:_REASON_CHARS]
+    return text[:_REASON_CHARS] or response.reason
 
 
 def check_submission_id(submission_id: str) -> str:

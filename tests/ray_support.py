@@ -56,6 +56,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
 def http_json(url: str, *, method: str = "GET", body: dict[str, t.Any] | None = None,
               timeout: float = 5.0) -> t.Any:
     """One JSON request with the standard library (the fixture does not rely on the code under test)."""
@@ -201,8 +207,8 @@ class RayCluster:
             f"--dashboard-agent-grpc-port={p['head_agent_grpc']}", f"--runtime-env-agent-port={p['head_rtenv']}",
         ], self.temp_dir, "head")
         head = self.head
-        wait_for(lambda: socket.create_connection(("127.0.0.1", p["gcs"]), timeout=1).close() or True,
-                 time.monotonic() + START_DEADLINE, f"the Ray head's GCS (log: {head.log_path})", head.alive)
+        wait_for(lambda: port_open(p["gcs"]), time.monotonic() + START_DEADLINE,
+                 f"the Ray head's GCS (log: {head.log_path})", head.alive)
 
     def start_worker(self) -> None:
         """Start the second node (1 CPU, ``evalbox: 1``)."""

@@ -6,6 +6,8 @@ with psutil. Each job asks for a CPU fraction: they run side by side, which keep
 
 from __future__ import annotations
 
+import concurrent.futures
+import fcntl
 import json
 import os
 import signal
@@ -171,6 +173,23 @@ def test_live_output_is_mirrored_incrementally_and_resumes_exactly(backend: RayJ
     assert local.count(b"first line") == 1 and local.count(b"last line") == 1
     assert local.endswith(b"last line\nto stderr\n")  # one merged stream
     assert second.poll() == 0
+
+    # Mirrors of the same run in several threads (or workers) at once: each byte lands once.
+    copy = str(tmp_path / "copy.log")
+    mirrors = [LogMirror(backend.client, sid, copy) for _ in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(len(mirrors)) as pool:
+        appended = list(pool.map(lambda m: m.poll(), mirrors))
+    assert read(copy) == ray_copy and sum(appended) == len(ray_copy)
+    # ... because each appends under an exclusive flock: a holder of the lock makes a mirror wait.
+    locked = str(tmp_path / "locked.log")
+    with open(locked, "wb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(LogMirror(backend.client, sid, locked).poll)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                waiting.result(timeout=1.0)
+            fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+            assert waiting.result(timeout=30) == len(ray_copy)
 
     with open(path, "r+b") as f:  # a local copy that is not a prefix of Ray's is never appended to
         f.seek(len(local) - 5)

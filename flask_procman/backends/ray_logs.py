@@ -9,7 +9,8 @@ Why resuming is exact: Ray's file only grows and the mirror only appends the byt
 size, in order, so the local file is always a prefix of Ray's. A mirror created later (a restarted
 worker, a manager adopting the run) starts from the local file's size and appends exactly what
 is missing; a crash in the middle of an append leaves a shorter prefix, never a gap or a
-duplicate. One mirror per file at a time (the run's owner): two would append the same bytes.
+duplicate. Mirrors of one run in several processes of this host are safe: each appends under
+an exclusive ``flock`` only what lies past the file's end at that moment.
 
 Which Ray endpoint: ``/api/jobs/<id>/logs`` decodes the file as UTF-8 and answers 500 once a job
 prints one byte that is not UTF-8, and its ``/logs/tail`` websocket always replays from the start
@@ -20,6 +21,7 @@ prints one byte that is not UTF-8, and its ``/logs/tail`` websocket always repla
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import typing as t
@@ -71,37 +73,33 @@ class LogMirror:
         self.last_cost = time.monotonic() - began
         if data is None:
             return 0
-        size = self.local_size()
-        self._check_junction(data, size)
-        new = data[size:]
-        if new:
-            self._append(new)
-        return len(new)
+        return self._append_new(data)
 
-    def _check_junction(self, data: bytes, size: int) -> None:
+    def _append_new(self, data: bytes) -> int:
+        """Under an exclusive lock on the file (two mirrors of one run, in two workers of this host,
+        would otherwise both append the same bytes): append ``data`` past the file's current end."""
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            self._check_junction(fd, data, size)
+            view = memoryview(data)[size:]
+            appended = len(view)
+            while view:
+                view = view[os.write(fd, view):]
+            return appended
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _check_junction(self, fd: int, data: bytes, size: int) -> None:
         if len(data) < size:
             raise MirrorMismatch(
                 f"Ray's log of job {self.submission_id} has {len(data)} bytes, fewer than the local copy's {size}: "
                 "the local file is not a copy of this job's log."
             )
         start = max(0, size - _JUNCTION)
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(start)
-                mine = f.read(size - start)
-        except FileNotFoundError:
-            mine = b""
-        if mine != data[start:size]:
+        if os.pread(fd, size - start, start) != data[start:size]:
             raise MirrorMismatch(f"The local copy of job {self.submission_id}'s log differs from Ray's; not appending.")
-
-    def _append(self, data: bytes) -> None:
-        folder = os.path.dirname(self.path)
-        if folder:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)

@@ -34,6 +34,8 @@ INSTALL_HINT = (
 WORKER_RESOURCE = "evalbox"
 #: Seconds a node may take to answer (the research measured 2-6 s idle; this machine is shared).
 START_DEADLINE = 120.0
+#: Seconds a job may stay PENDING before Ray fails it (``RAY_JOB_START_TIMEOUT_SECONDS`` on the head).
+JOB_START_TIMEOUT = 12
 #: The cluster runs with Ray's token authentication on, so every test sends the token for real.
 TOKEN = "procman-test-" + os.urandom(12).hex()
 
@@ -97,7 +99,9 @@ class RayNode:
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                    # Without this a SIGTERM waits up to 30 s for running jobs to drain.
                    RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN,
+                   # A job PENDING this long fails (default 900 s): the tests watch Ray do it.
+                   RAY_JOB_START_TIMEOUT_SECONDS=str(JOB_START_TIMEOUT))
         env.pop("RAY_ADDRESS", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([ray, "start", "--block", *args], env=env, cwd=temp_dir,

@@ -18,7 +18,7 @@ import uuid
 import psutil
 import pytest
 from conftest import PY, present, wait_until
-from ray_support import TOKEN, WORKER_RESOURCE, RayCluster
+from ray_support import JOB_START_TIMEOUT, TOKEN, WORKER_RESOURCE, RayCluster
 
 from flask_procman.backends import BackendAuthError, BackendError, BackendUnavailable, InfeasibleResources
 from flask_procman.backends.ray_jobs import JobEnd, RayJobsBackend
@@ -224,6 +224,15 @@ def test_a_custom_resource_places_the_job_on_the_node_that_has_it(backend: RayJo
     pid = int(data.split(b"PID ")[1].split()[0])
     node_pids = {p.pid for p in worker.processes()}
     assert pid in node_pids, "the job's process descends from the second node's `ray start`, not the head's"
+
+    # A second job for the one evalbox is feasible but waits in Ray's PENDING, which is no queue:
+    # Ray fails it after its start timeout, an infrastructure failure with Ray's message.
+    waiting = new_id()
+    backend.submit(submission_id=waiting, process_id="waits", cmd=["true"], resources={WORKER_RESOURCE: 1})
+    assert present(backend.details(waiting))["status"] == "PENDING"
+    end = wait_end(backend, waiting, timeout=JOB_START_TIMEOUT + END_DEADLINE)
+    assert (end.status, end.return_code) == ("failed", None)
+    assert "JOB_SUPERVISOR_ACTOR_START_TIMEOUT" in (end.error or "") and "resources" in (end.error or "")
     assert backend.stop(sid, wait=END_DEADLINE) == JobEnd("stopped", None, None)
 
 

@@ -182,6 +182,18 @@ def test_the_token_is_sent_as_a_bearer_and_never_shown(fake_head: _Server) -> No
     client.close()
 
 
+def test_a_netrc_entry_does_not_replace_the_token(fake_head: _Server, tmp_path: t.Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password other\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    client = RayJobsClient(f"http://127.0.0.1:{fake_head.server_port}", "the-token-0123456789")
+    client.version()
+    assert fake_head.seen[-1]["Authorization"] == "Bearer the-token-0123456789"
+    client.close()
+
+
 def test_a_refusal_carries_the_last_line_of_rays_traceback(fake_head: _Server) -> None:
     fake_head.answer = (500, "Traceback (most recent call last):\n  File x\nValueError: Job with submission_id X already exists.")
     client = RayJobsClient(f"http://127.0.0.1:{fake_head.server_port}")

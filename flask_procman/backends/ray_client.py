@@ -49,6 +49,20 @@ def check_submission_id(submission_id: str) -> str:
     return submission_id
 
 
+class _Bearer(requests.auth.AuthBase):
+    """``Authorization: Bearer <token>`` on every request; its repr does not show the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer token>"
+
+
 class RayJobsClient:
     """One Ray head's dashboard at ``address`` (``http://head:8265``).
 
@@ -67,7 +81,9 @@ class RayJobsClient:
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "flask-procman"
         if token:
-            self._session.headers["Authorization"] = f"Bearer {token}"
+            # An explicit auth, not a default header: requests would otherwise replace the header
+            # with ~/.netrc credentials. It is dropped on a redirect to another host.
+            self._session.auth = _Bearer(token)
 
     def __repr__(self) -> str:
         return f"<RayJobsClient {self.address}>"  # never the token

@@ -106,6 +106,26 @@ def test_exit_codes_zero_nonzero_and_signal(backend: RayJobsBackend) -> None:
     assert (killed.status, killed.return_code) == ("completed", -signal.SIGKILL)
 
 
+def test_a_forgotten_job_is_gone_from_the_head_but_its_log_stays_readable(backend: RayJobsBackend,
+                                                                         tmp_path: t.Any) -> None:
+    sid = new_id()
+    backend.submit(submission_id=sid, process_id="forget", cmd=["echo", "kept"])
+    assert wait_end(backend, sid).return_code == 0
+    mirror = LogMirror(backend.client, sid, str(tmp_path / "a.log"))
+    mirror.poll()
+    assert backend.forget(sid) is True
+    assert backend.details(sid) is None and backend.forget(sid) is False
+    late = LogMirror(backend.client, sid, str(tmp_path / "b.log"))
+    late.node_id = mirror.node_id  # the node is what the record must keep to read the log later
+    late.poll()
+    assert read(late.path) == read(mirror.path) and read(late.path).endswith(b"kept\n")
+    running = new_id()
+    backend.submit(submission_id=running, process_id="running", cmd=["sleep", "300"])
+    with pytest.raises(BackendError, match="non-terminal"):
+        backend.forget(running)
+    assert backend.stop(running, wait=END_DEADLINE) is not None
+
+
 def test_a_command_that_cannot_start_is_a_nonzero_exit(backend: RayJobsBackend) -> None:
     sid = new_id()
     backend.submit(submission_id=sid, process_id="missing", cmd=["/no/such/program"], cwd="/")

@@ -29,6 +29,7 @@ from flask_procman.backends.ray_jobs import (
     job_end,
     parse_memory,
 )
+from flask_procman.backends.ray_logs import LogMirror
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -227,3 +228,10 @@ def test_a_bad_address_is_refused() -> None:
     for address in ("head:8265", "ftp://head", "http://"):
         with pytest.raises(ValueError, match="http"):
             RayJobsClient(address)
+
+
+def test_the_mirror_polls_a_big_log_less_often() -> None:
+    mirror = LogMirror(RayJobsClient("http://127.0.0.1:1"), "job", "/nonexistent/out.log")
+    assert mirror.interval(0.5) == 0.5  # nothing fetched yet
+    mirror.last_cost = 0.3  # what a 20 MB log cost on the test head
+    assert mirror.interval(0.5) == pytest.approx(3.0)

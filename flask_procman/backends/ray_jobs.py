@@ -259,6 +259,11 @@ class RayJobsBackend:
         """The job's end, or None while it is pending or running (see :func:`job_end`)."""
         return job_end(self.client.job(submission_id))
 
+    def forget(self, submission_id: str) -> bool:
+        """Delete the finished job from the head (its history is kept in the head's memory until
+        then). Ray keeps the log file on its node: a mirror that knows the node still reads it."""
+        return self.client.delete(submission_id)
+
     # -- stop ----------------------------------------------------------------------------------------------
     def stop(self, submission_id: str, wait: float = 10.0, poll: float = 0.1) -> JobEnd | None:
         """Ask Ray to stop the job and wait up to ``wait`` seconds for its end.

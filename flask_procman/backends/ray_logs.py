@@ -49,6 +49,11 @@ class LogMirror:
         #: Seconds the last fetch of Ray's whole file took.
         self.last_cost = 0.0
 
+    def interval(self, base: float) -> float:
+        """Seconds to wait before the next poll: ``base``, or ten times what the last fetch of the
+        whole file cost, so that mirroring a big log takes at most about a tenth of a thread."""
+        return max(base, 10 * self.last_cost)
+
     def local_size(self) -> int:
         """Bytes mirrored so far: the offset Ray's file is read from."""
         try:

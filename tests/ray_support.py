@@ -108,6 +108,14 @@ class RayNode:
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of what ``ray start`` printed (for the message of a failed start)."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
     def alive(self) -> bool:
         """True while ``ray start --block`` runs (it exits when one of its node's daemons dies)."""
         return self.proc.poll() is None
@@ -259,9 +267,13 @@ class RayCluster:
         """Head, second node (started as soon as the head's GCS listens), warm-up job."""
         self.starts += 1
         began = time.monotonic()
-        self.start_head()
-        self.start_worker()
-        self.wait_ready()
+        try:
+            self.start_head()
+            self.start_worker()
+            self.wait_ready()
+        except (RuntimeError, TimeoutError) as exc:
+            tails = "".join(f"\n--- {node.log_path}:\n{node.log_tail()}" for node in (self.head, self.worker) if node)
+            raise RuntimeError(f"{exc}{tails}") from None
         self.timings[f"nodes_ready#{self.starts}"] = time.monotonic() - began
         self.warm_up()
 

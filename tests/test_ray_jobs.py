@@ -110,15 +110,18 @@ def test_a_forgotten_job_is_gone_from_the_head_but_its_log_stays_readable(backen
                                                                          tmp_path: t.Any) -> None:
     sid = new_id()
     backend.submit(submission_id=sid, process_id="forget", cmd=["echo", "kept"])
-    assert wait_end(backend, sid).return_code == 0
+    end = wait_end(backend, sid)
+    assert end.return_code == 0, end
     mirror = LogMirror(backend.client, sid, str(tmp_path / "a.log"))
-    mirror.poll()
+    assert mirror.poll() > 0, f"nothing mirrored from node {mirror.node_id}"
     assert backend.forget(sid) is True
-    assert backend.details(sid) is None and backend.forget(sid) is False
+    assert backend.details(sid) is None, "still known after the delete"
+    assert backend.forget(sid) is False
     late = LogMirror(backend.client, sid, str(tmp_path / "b.log"))
     late.node_id = mirror.node_id  # the node is what the record must keep to read the log later
-    late.poll()
-    assert read(late.path) == read(mirror.path) and read(late.path).endswith(b"kept\n")
+    assert late.poll() > 0
+    assert read(late.path) == read(mirror.path), (read(late.path), read(mirror.path))
+    assert read(late.path).endswith(b"kept\n")
     running = new_id()
     backend.submit(submission_id=running, process_id="running", cmd=["sleep", "300"])
     with pytest.raises(BackendError, match="non-terminal"):

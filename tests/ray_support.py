@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,11 +52,34 @@ def ray_required() -> bool:
     return os.environ.get("PROCMAN_REQUIRE_RAY") == "1"
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(taken: t.Container[int] = ()) -> int:
+    """A TCP port free on every interface right now, chosen BELOW the kernel's ephemeral range.
+
+    Ray's daemons open many outgoing connections, each from a random ephemeral port: a port we
+    picked there, which Ray binds only later, can meanwhile be taken by one of them and the node
+    dies at start. Ray's own worker ports are 10002-19999, so ours come from 20000 up to the
+    ephemeral range.
+    """
+    high = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(20000, high) if high > 20100 else 0
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # Ray binds several ports on all interfaces
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free TCP port found for the Ray cluster")
 
 
 def port_open(port: int) -> bool:
@@ -194,9 +218,11 @@ class RayCluster:
         self.ray = ray
         # Short: Ray puts AF_UNIX sockets below it (108-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="pmray", dir="/tmp")
-        self.ports = {name: free_port() for name in (
-            "gcs", "dashboard", "client", "head_nm", "head_om", "head_metrics", "head_agent_http",
-            "head_agent_grpc", "head_rtenv", "w_nm", "w_om", "w_metrics", "w_agent_http", "w_agent_grpc", "w_rtenv")}
+        self.ports: dict[str, int] = {}
+        for name in ("gcs", "dashboard", "client", "head_nm", "head_om", "head_metrics", "head_agent_http",
+                     "head_agent_grpc", "head_rtenv", "w_nm", "w_om", "w_metrics", "w_agent_http", "w_agent_grpc",
+                     "w_rtenv"):
+            self.ports[name] = free_port(taken=self.ports.values())
         self.address = f"http://127.0.0.1:{self.ports['dashboard']}"
         self.head: RayNode | None = None
         self.worker: RayNode | None = None
@@ -217,6 +243,8 @@ class RayCluster:
             f"--node-manager-port={p['head_nm']}", f"--object-manager-port={p['head_om']}",
             f"--metrics-export-port={p['head_metrics']}", f"--dashboard-agent-listen-port={p['head_agent_http']}",
             f"--dashboard-agent-grpc-port={p['head_agent_grpc']}", f"--runtime-env-agent-port={p['head_rtenv']}",
+            # Two raylets on one host: split Ray's default worker port range between them.
+            "--min-worker-port=10002", "--max-worker-port=14999",
         ], self.temp_dir, "head")
         head = self.head
         wait_for(lambda: port_open(p["gcs"]), time.monotonic() + START_DEADLINE,
@@ -231,6 +259,7 @@ class RayCluster:
             "--disable-usage-stats", f"--node-manager-port={p['w_nm']}", f"--object-manager-port={p['w_om']}",
             f"--metrics-export-port={p['w_metrics']}", f"--dashboard-agent-listen-port={p['w_agent_http']}",
             f"--dashboard-agent-grpc-port={p['w_agent_grpc']}", f"--runtime-env-agent-port={p['w_rtenv']}",
+            "--min-worker-port=15000", "--max-worker-port=19999",
         ], self.temp_dir, "worker")
 
     def wait_ready(self) -> None:

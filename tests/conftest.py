@@ -11,6 +11,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from ray_support import ray_cluster  # noqa: F401 - the session's real Ray cluster (tests/ray_support.py)
 
 from flask_procman import ProcMan
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import typing as t
 
@@ -52,6 +53,12 @@ class ConfigKeys:
     PROGRAMS = "PROCMAN_PROGRAMS"
     #: Largest request body the API accepts, in bytes (default 64 KiB).
     API_MAX_BODY = "PROCMAN_API_MAX_BODY"
+    #: The app's share of a records table that several apps use (default: derived from the log
+    #: folder). A manager only runs, promotes, adopts and lists the records of its namespace.
+    NAMESPACE = "PROCMAN_NAMESPACE"
+    #: Seconds a database operation may take before it fails with ``StoreUnavailable`` (default 10;
+    #: the connect timeout, TCP keepalives and statement timeout of the engine procman creates).
+    DB_TIMEOUT = "PROCMAN_DB_TIMEOUT"
 
 
 #: The default of every key; ``None`` for LOG_DIR and DATABASE_URI means "derived from instance_path".
@@ -71,6 +78,8 @@ DEFAULTS: dict[str, t.Any] = {
     ConfigKeys.API_TOKEN: None,
     ConfigKeys.PROGRAMS: {},
     ConfigKeys.API_MAX_BODY: 64 * KIB,
+    ConfigKeys.NAMESPACE: None,
+    ConfigKeys.DB_TIMEOUT: 10.0,
 }
 
 
@@ -91,6 +100,8 @@ class Settings:
     api_enabled: bool
     api_prefix: str
     api_max_body: int
+    namespace: str = ""
+    db_timeout: float = 10.0
 
 
 def apply_defaults(app: Flask) -> None:
@@ -151,6 +162,13 @@ def read_settings(app: Flask) -> Settings:
     if not isinstance(database_uri, str):
         raise ConfigurationError(f"{ConfigKeys.DATABASE_URI} must be an SQLAlchemy URL string, not {database_uri!r}.")
 
+    namespace = config[ConfigKeys.NAMESPACE]
+    if namespace is None:
+        # Apps with different log folders never run each other's records (their env and logs live there).
+        namespace = "log:" + hashlib.sha256(os.path.abspath(os.fspath(log_dir)).encode()).hexdigest()[:16]
+    elif not isinstance(namespace, str) or not 1 <= len(namespace) <= 64:
+        raise ConfigurationError(f"{ConfigKeys.NAMESPACE} must be a string of 1 to 64 characters, or None.")
+
     return Settings(
         max_processes=int(_number(config, ConfigKeys.MAX_PROCESSES, integer=True, minimum=0)),
         log_dir=os.path.abspath(os.fspath(log_dir)),
@@ -167,4 +185,6 @@ def read_settings(app: Flask) -> Settings:
         api_enabled=config[ConfigKeys.API_ENABLED],
         api_prefix=prefix.rstrip("/") or "/",
         api_max_body=int(_number(config, ConfigKeys.API_MAX_BODY, integer=True, minimum=1)),
+        namespace=namespace,
+        db_timeout=float(_number(config, ConfigKeys.DB_TIMEOUT, integer=False, minimum=0, strictly_positive=True)),
     )

@@ -411,11 +411,12 @@ def test_subprocess_start_outlives_the_cli_and_the_web_worker_adopts_it(shared: 
     assert listed.returncode == 0 and re.search(rb"^bg +running +%d " % row["pid"], listed.stdout, re.MULTILINE)
     assert untouched()
 
-    # With no web worker to record it, following a process that ended uses its wrapper's exit status.
+    # With no web worker to record it, the CLI that meets the ended process records it from its
+    # wrapper's exit status (a reader tells the truth without a watcher).
     go.write_text("")
     follow = shared.flask("procman", "logs", "--follow", "orphan")
-    assert follow.returncode == 7 and b"no manager recorded its end" in follow.stderr
-    assert record(manager, "orphan")["status"] == "running"  # the CLI did not record it
+    assert follow.returncode == 7 and b"orphan completed, return code 7" in follow.stderr
+    assert (record(manager, "orphan")["status"], record(manager, "orphan")["return_code"]) == ("completed", 7)
 
     # The web worker (this process's app, out of any click context) adopts both and records the end.
     assert status_of(shared.app, "bg")["status"] == "running"

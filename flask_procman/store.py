@@ -236,7 +236,7 @@ class Store:
              offset: int = 0, namespace: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
         """Records newest first, and the total count matching ``status`` (and ``namespace``)."""
         table = self.table
-        where = []
+        where: list[sa.ColumnElement[bool]] = []
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(table.c.status.in_(statuses))

@@ -24,7 +24,7 @@ CMD = ["sh", "-c", 'echo "value=$SECRET_VAL"; exec sleep 60']
 
 def main(mode: str, process_id: str) -> None:
     """Start ``process_id`` and die at the step ``mode`` names."""
-    original = Manager._launch  # noqa: SLF001 - fault injection at one precise step
+    original = Manager._launch  # fault injection at one precise step
 
     def launch(self: Manager, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> t.Any:
         if record["id"] != process_id:

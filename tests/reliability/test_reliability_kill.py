@@ -66,11 +66,11 @@ def problems(pm: Manager, prefix: str, marker: str) -> list[str]:
         if row["status"] == "running" and row["pid"] is not None and not Identity(row["pid"], row["pid_started"]).is_alive():
             found.append(f"{row['id']} running but its process {row['pid']} is gone")
     for pid, env in marked_processes(marker).items():
-        row = by_tag.get(env.get(ENV_VAR, ""))
-        if row is None:
+        owner = by_tag.get(env.get(ENV_VAR, ""))
+        if owner is None:
             found.append(f"process {pid} has no record (run tag {env.get(ENV_VAR)})")
-        elif row["status"] != "running":
-            found.append(f"process {pid} is alive but its record {row['id']} is {row['status']}")
+        elif owner["status"] != "running":
+            found.append(f"process {pid} is alive but its record {owner['id']} is {owner['status']}")
     return found
 
 

@@ -75,7 +75,7 @@ def test_a_stop_during_a_promotion_wins(make_app: AppFactory, database_uri: str,
     app = make_app(PROCMAN_DATABASE_URI=database_uri, PROCMAN_MAX_PROCESSES=1)
     pm = _manager(app)
     promoted, go = threading.Event(), threading.Event()
-    original = pm._launch  # noqa: SLF001 - holds the promoter between its commit and its spawn
+    original = pm._launch  # holds the promoter between its commit and its spawn
 
     def launch(record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
         if record["id"] == "queued":

@@ -9,7 +9,6 @@ promotes queued ones) until the test SIGKILLs it at a random instant.
 from __future__ import annotations
 
 import sys
-import time
 
 import workerapp
 
@@ -22,16 +21,15 @@ def main(prefix: str, marker: str) -> None:
         procman.stats()  # the engine (and its watcher, which promotes) runs
         print("ready", flush=True)
         started: list[str] = []
-        for i in range(24):
+        i = 0
+        while True:  # busy until the kill, so that it lands in the middle of a start, a stop or a promotion
             process_id = f"{prefix}-{i}"
             cmd = ["true"] if i % 5 == 4 else ["sleep", "60"]
             if procman.start_process(process_id, cmd, env={"KILLTEST": marker}, queue=i % 2 == 1):
                 started.append(process_id)
-            if i % 3 == 2 and started:
+            if len(started) > 4:  # frees a slot (or a queue place): the watcher promotes
                 procman.stop_process(started.pop(0), timeout=0.2)
-        while True:  # the watcher goes on promoting until the kill
-            time.sleep(0.05)
-
+            i += 1
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

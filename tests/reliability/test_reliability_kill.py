@@ -93,7 +93,7 @@ def test_a_worker_killed_at_a_random_instant_leaves_no_untracked_process(
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None and worker.stdout.readline() == "ready\n", worker.stderr
-        delay = rng.uniform(0.0, 0.8)
+        delay = rng.uniform(0.0, 0.6)
         # Not a synchronisation: the random instant of the kill is the point of the test.
         try:
             worker.wait(timeout=delay)

@@ -99,7 +99,8 @@ class Manager:
                     else:
                         table = make_table(sa.MetaData())
                         os.makedirs(self.app.instance_path, exist_ok=True)
-                        self._store = Store(create_own_engine(self.settings.database_uri), table, owns_table=True)
+                        engine = create_own_engine(self.settings.database_uri, self.settings.db_timeout)
+                        self._store = Store(engine, table, owns_table=True)
         return self._store
 
     @property

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
+from .dbtimeout import SocketWatchdog, postgres_connect_args
 from .errors import StoreUnavailable, TableMissing
 
 TABLE_NAME = "procman_processes"
@@ -106,16 +107,27 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def create_own_engine(url: str) -> Engine:
-    """The engine used when the app gives no Flask-SQLAlchemy ``db``."""
+def create_own_engine(url: str, timeout: float | None = None) -> Engine:
+    """The engine used when the app gives no Flask-SQLAlchemy ``db``; on PostgreSQL every operation
+    is bounded by ``timeout`` seconds (``PROCMAN_DB_TIMEOUT``; see :class:`Store`)."""
     is_sqlite = url.startswith("sqlite")
     kwargs: dict[str, t.Any] = {"pool_pre_ping": not is_sqlite}
     if is_sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    parsed = sa.engine.make_url(url)
+    bounded = timeout is not None and parsed.get_backend_name() == "postgresql"
+    if bounded:
+        options = parsed.query.get("options")
+        kwargs["connect_args"] = postgres_connect_args(t.cast(float, timeout),
+                                                       options if isinstance(options, str) else None)
+        kwargs["pool_timeout"] = timeout
+        kwargs["pool_pre_ping"] = False  # the Store pings under its watchdog (a stalled ping would hang)
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
         engine._procman_begin_hook = True  # type: ignore[attr-defined]
+    if bounded:
+        engine._procman_timeout = timeout  # type: ignore[attr-defined]
     return engine
 
 
@@ -134,6 +146,9 @@ class Store:
         self._create_lock = threading.Lock()
         #: Our own SQLite engines emit BEGIN themselves (see _sqlite_setup); an app's engine does not.
         self._begin_hook = bool(getattr(engine, "_procman_begin_hook", False))
+        #: Seconds any operation may take (our own PostgreSQL engine), enforced by the watchdog.
+        self._timeout: float | None = getattr(engine, "_procman_timeout", None)
+        self._watchdog = SocketWatchdog() if self._timeout is not None else None
         self._get_stmt: sa.Select[t.Any] | None = None
         #: A SQLite file and its (device, inode) when first used: a file deleted or replaced under a
         #: running app would split the records (and the cap) in two, silently.
@@ -155,13 +170,14 @@ class Store:
         try:
             if self.owns_table:
                 # Take the write lock first, so that concurrent creators wait instead of failing.
-                conn = self.engine.connect()
-                if self.engine.dialect.name == "sqlite":
-                    conn = conn.execution_options(procman_begin="IMMEDIATE")
-                with conn, conn.begin():
-                    if self.engine.dialect.name == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
-                    self.table.create(conn, checkfirst=True)
+                with self._connect() as raw:
+                    conn = raw
+                    if self.engine.dialect.name == "sqlite":
+                        conn = conn.execution_options(procman_begin="IMMEDIATE")
+                    with conn.begin():
+                        if self.engine.dialect.name == "postgresql":
+                            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
+                        self.table.create(conn, checkfirst=True)
             elif not sa.inspect(self.engine).has_table(TABLE_NAME):
                 raise TableMissing(
                     f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "
@@ -195,10 +211,10 @@ class Store:
         self.ensure_table()
         self._check_sqlite_file()
         try:
-            conn = self.engine.connect()
-            if exclusive and self.engine.dialect.name == "sqlite":
-                conn = conn.execution_options(procman_begin="IMMEDIATE")
-            with conn:
+            with self._connect() as raw:
+                conn = raw
+                if exclusive and self.engine.dialect.name == "sqlite":
+                    conn = conn.execution_options(procman_begin="IMMEDIATE")
                 with conn.begin():
                     if exclusive and self.engine.dialect.name == "sqlite" and not self._begin_hook:
                         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -217,6 +233,37 @@ class Store:
                 f"The process database cannot be reached or is locked ({exc.orig.__class__.__name__}); "
                 "running processes go on and records catch up when it is back."
             ) from exc
+
+    @contextlib.contextmanager
+    def _connect(self) -> t.Iterator[Connection]:
+        """A pooled connection; with a timeout, checked and watched until it is given back."""
+        if self._watchdog is None or self._timeout is None:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        for attempt in (1, 2):
+            conn = self.engine.connect()  # bounded: pool_timeout, then connect_timeout
+            dbapi_conn = conn.connection.dbapi_connection
+            assert dbapi_conn is not None
+            token = self._watchdog.arm(dbapi_conn.fileno(), self._timeout)
+            try:
+                try:
+                    self.engine.dialect.do_ping(dbapi_conn)
+                except dbapi_error as exc:
+                    conn.invalidate()  # a connection the server (or the watchdog) closed
+                    conn.close()
+                    if attempt == 1:
+                        continue  # the pool had an old connection: one fresh try
+                    raise StoreUnavailable(
+                        f"The process database cannot be reached or did not answer within {self._timeout:g} s "
+                        f"({exc.__class__.__name__}); running processes go on and records catch up when it is back."
+                    ) from exc
+                with conn:
+                    yield conn
+                return
+            finally:
+                self._watchdog.disarm(token)
 
     @staticmethod
     def _is_missing_table(exc: SQLAlchemyError) -> bool:

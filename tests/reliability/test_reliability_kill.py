@@ -74,6 +74,20 @@ def problems(pm: Manager, prefix: str, marker: str) -> list[str]:
     return found
 
 
+def _describe(pm: Manager, marker: str) -> list[str]:
+    """The marked processes still alive, with their records (for a failure message)."""
+    rows = {r["run_tag"]: r for r in pm.store.page()[0]}
+    described = []
+    for pid, env in marked_processes(marker).items():
+        row = rows.get(env.get(ENV_VAR, ""))
+        try:
+            cmd = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            cmd = []
+        described.append(f"{pid} {cmd[:3]} record={row and {k: row[k] for k in ('id', 'status', 'pid', 'owner', 'error')}}")
+    return described
+
+
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_a_worker_killed_at_a_random_instant_leaves_no_untracked_process(
         round_: int, make_app: AppFactory, database_uri: str, tmp_path: t.Any) -> None:
@@ -113,7 +127,11 @@ def test_a_worker_killed_at_a_random_instant_leaves_no_untracked_process(
             except AssertionError:
                 raise AssertionError(f"seed {seed}, kill after {delay:.3f} s: {last[0]}") from None
             pm.stop_all(timeout=1)
-            wait_until(lambda: not marked_processes(marker), timeout=15, message="every process stopped")
+            try:
+                wait_until(lambda: not marked_processes(marker), timeout=20, message="every process stopped")
+            except AssertionError:
+                raise AssertionError(f"seed {seed}, kill after {delay:.3f} s: left alive "
+                                     f"{_describe(pm, marker)}") from None
             assert not [r for r in pm.store.page()[0] if r["status"] in ("starting", "running", "queued")]
     finally:
         if worker.poll() is None:

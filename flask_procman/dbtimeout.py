@@ -18,7 +18,7 @@ import typing as t
 
 def postgres_connect_args(timeout: float, url_options: str | None) -> dict[str, t.Any]:
     """libpq parameters bounding a connect and a statement, with TCP keepalives (``timeout`` s)."""
-    seconds = max(1, int(round(timeout)))
+    seconds = max(1, round(timeout))
     statement = f"-c statement_timeout={int(timeout * 1000)}"
     return {
         "connect_timeout": seconds,

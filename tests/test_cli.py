@@ -479,7 +479,6 @@ def test_without_a_watcher_status_and_stop_tell_the_truth(shared: Shared) -> Non
     """Issue 9.4, exactly: a CLI start, no web worker running; the process completes by itself.
     ``status`` then says ``completed`` with its real code, and ``stop`` says it had already ended
     (exit 1); over HTTP the stop of an ended process is a 409."""
-    store = manager_of(shared.app).store  # reads the records without starting this app's engine
     # The issue's `sh -c 'echo hi; sleep 1; exit 4'`, with the sleep ended by the test once the
     # CLI that started it has exited (so that no manager at all is left to record the end).
     script = "echo hi; while [ ! -e go ]; do sleep 0.05; done; exit 4"

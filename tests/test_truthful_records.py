@@ -33,7 +33,8 @@ def test_error_says_why_a_process_was_stopped_or_timed_out(make_app: AppFactory)
         assert pm.start_process("stopped", ["sleep", "60"])
         assert pm.stop_process("stopped", timeout=2)
         assert present(pm.get_process_status("stopped"))["error"] == "stopped by request"
-        stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+        stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                    "print('ready', flush=True); time.sleep(60)")
         assert pm.start_process("stubborn", py(stubborn))
         wait_until(lambda: pm.read_output("stubborn")[0] == b"ready\n", message="stubborn ready")
         assert pm.stop_process("stubborn", timeout=0.3)
@@ -115,7 +116,7 @@ def test_apps_with_different_log_folders_never_run_each_others_records(make_app:
         assert pm_b.start_process("b-job", py("print('b')"))
         assert pm_b.wait("b-job", timeout=10)["stdout"] == "b\n"
         # B's watcher has ticked many times with free slots: A's queued job is not B's to run.
-        wait_until(lambda: pm_b.store.get("b-job") is not None and pm_b._ticks > 5, message="B ticks")  # noqa: SLF001
+        wait_until(lambda: pm_b.store.get("b-job") is not None and pm_b._ticks > 5, message="B ticks")
         assert present(pm_b.store.get("a-job"))["status"] == "queued"
         assert [p["id"] for p in pm_b.list_processes()] == ["b-job"]
         assert not os.path.exists(tmp_path / "logs-b" / "a-job")

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 5000
 
-.PHONY: test demo bench lint clean
+.PHONY: test stress demo bench lint clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 ## test: create the venv if missing, install with the test extra, run every test
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## stress: the randomised kill test for many rounds (PROCMAN_STRESS_ROUNDS, default 200) per database
+stress: $(VENV)/.installed
+	PROCMAN_STRESS_ROUNDS=$${PROCMAN_STRESS_ROUNDS:-200} $(PY) -m pytest tests/reliability/test_reliability_kill.py -q $(PYTEST_ARGS)
 
 ## demo: serve the example evaluation service on http://127.0.0.1:$(PORT) (gunicorn, 2 workers)
 demo: $(VENV)/.installed

@@ -38,6 +38,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
            "schema": {"type": "string", "pattern": f"^{PROCESS_ID_RE.pattern}$"}}
     auth_errors = (401, 403, 503)  # 503 too: every answer past the access check may need the database
     status_ref = {"$ref": "#/components/schemas/Process"}
+    #: A start replaced the finished record (and logs) of an earlier process with the same id.
+    replaced = {"type": "boolean", "description": "True when a finished process of this id was replaced."}
     nullable_time = {"type": ["string", "null"], "format": "date-time"}
     paths: dict[str, t.Any] = {
         "/api/health": {"get": {
@@ -137,11 +139,11 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "env": {"type": "object", "additionalProperties": {"type": "string"}},
                     "queue": {"type": "boolean"}}}}}},
             "responses": {
-                "201": {**_json({"type": "object", "required": ["process"], "properties": {"process": status_ref}},
-                                "Started"),
+                "201": {**_json({"type": "object", "required": ["process"], "properties": {
+                                    "process": status_ref, "replaced": replaced}}, "Started"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
-                "202": {**_json({"type": "object", "required": ["process"], "properties": {"process": status_ref}},
-                                "Queued"),
+                "202": {**_json({"type": "object", "required": ["process"], "properties": {
+                                    "process": status_ref, "replaced": replaced}}, "Queued"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
                 **_error_responses(400, *auth_errors, 404, 409, 413, 429),
             },
@@ -206,7 +208,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "error": {"type": ["string", "null"]}, "metadata": {"type": ["object", "null"]},
                     "merge_stderr": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}},
                     "timeout": {"type": ["number", "null"]},
-                    "survivors": {"type": "array", "items": {"type": "integer"}}}},
+                    "survivors": {"type": "array", "items": {"type": "integer"}},
+                    "replaced": {"type": "boolean"}, "run_tag": {"type": ["string", "null"]}}},
             },
         },
     }

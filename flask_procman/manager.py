@@ -904,11 +904,11 @@ class Manager:
                 self._send_started(process_id, found.root.pid)
             return
         if found.ran:
-            # It ran and ended before anybody recorded its pid: record that end, once.
-            if found.others:
-                kill_leftovers(found.others)
+            # It ran and ended before anybody recorded its pid: record that end, once; whatever it
+            # left behind is stopped by the one who recorded it.
             if self.record_end(process_id, found.exit_status, expect=("starting",)):
                 logs.remove_env()
+                kill_leftovers(found.others)
             return
         if row["via_queue"] and not stop:
             if self.store.update(process_id, expect_status=["starting"], expect_owner=old_owner, status="queued"):

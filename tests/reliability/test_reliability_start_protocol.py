@@ -150,3 +150,34 @@ def test_a_direct_start_undone_by_the_database_leaves_no_zombie(make_app: AppFac
             os.waitpid(spawned[0], os.WNOHANG)
         final = pm.wait("undone", timeout=20)
         assert final["status"] == "failed" and final["error"] == NEVER_STARTED
+
+
+def test_a_promotion_whose_pid_cannot_be_committed_goes_back_to_the_queue(make_app: AppFactory,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database fails between a promotion's spawn and the commit of its pid (twice): the
+    process is stopped and reaped, the record goes back to the queue on a later tick and then runs,
+    with its env; ``wait`` and ``stop`` behave meanwhile."""
+    app = make_app(PROCMAN_MAX_PROCESSES=1)
+    pm = _manager(app)
+    original = pm.store.update
+    failures: list[int] = []
+
+    def update(process_id: str, **kwargs: t.Any) -> bool:
+        if kwargs.get("status") == "running" and process_id == "promoted" and len(failures) < 2:
+            failures.append(kwargs["pid"])
+            raise StoreUnavailable("The process database cannot be reached (test).")
+        return original(process_id, **kwargs)
+
+    monkeypatch.setattr(pm.store, "update", update)
+    with app.app_context():
+        assert pm.start_process("first", py("pass"))
+        assert pm.start_process("promoted", ["sh", "-c", 'echo "$V"'], env={"V": "with-env"}, queue=True)
+        assert pm.start_process("stopped-in-queue", ["sleep", "60"], queue=True)
+        final = pm.wait("promoted", timeout=30)
+        assert (final["status"], final["stdout"]) == ("completed", "with-env\n")
+        assert len(failures) == 2
+        for pid in failures:  # each undone spawn was reaped
+            with pytest.raises(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        assert pm.stop_process("stopped-in-queue", timeout=1)
+        assert present(pm.get_process_status("stopped-in-queue"))["status"] == "stopped"

@@ -72,6 +72,8 @@ def test_a_reused_id_says_replaced_and_never_shows_the_old_output(make_app: AppF
         assert f":{final['run_tag']}\n" in body  # ids carry the run tag
     answer = client.post(f"{API}/programs/say/start", json={"process_id": "r", "args": ["third"]}, headers=AUTH)
     assert answer.status_code == 201 and answer.get_json()["replaced"] is True
+    with app.app_context():
+        pm.wait("r", timeout=10)  # the cap is 1
     fresh = client.post(f"{API}/programs/say/start", json={"process_id": "fresh"}, headers=AUTH)
     assert fresh.status_code == 201 and fresh.get_json()["replaced"] is False
 

@@ -99,14 +99,14 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
             },
         }},
         "/api/processes/{process_id}/events": {"get": {
-            "summary": "Server-Sent Events: stdout, stderr, status, end; id is '<stdout>:<stderr>' offsets",
+            "summary": "Server-Sent Events: stdout, stderr, status, end; id is '<stdout>:<stderr>:<run tag>'",
             "operationId": "processEvents",
             "parameters": [pid, {"name": "Last-Event-ID", "in": "header", "required": False,
                                  "description": "Resume both streams after this event id (empty: from the start)",
-                                 "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}},
+                                 "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18}(:[0-9a-f]{32})?)?$"}},
                            {"name": "last_event_id", "in": "query", "required": False,
                             "description": "The same, for clients that cannot set headers (the header wins)",
-                            "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}}],
+                            "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18}(:[0-9a-f]{32})?)?$"}}],
             "responses": {"200": {"description": "An event stream; the schema describes each event (as in "
                                                  "OpenAPI 3.2's itemSchema): stdout and stderr chunks, status on "
                                                  "change, one final end (status 'removed' if the record went away)",
@@ -183,7 +183,7 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                 "Event": {
                     "type": "object", "required": ["event", "id", "data"],
                     "properties": {"event": {"enum": ["stdout", "stderr", "status", "end"]},
-                                   "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                                   "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+(:[0-9a-f]{32})?$"},
                                    "data": {"type": "string"}, "retry": {"type": "integer"}},
                     "allOf": [
                         _event("stdout", "stderr", content={"$ref": "#/components/schemas/OutputChunk"}),

@@ -257,6 +257,7 @@ class Manager:
         logs = LogFiles(self.settings.log_dir, process_id)
         # While in flight, our own watcher leaves the ``starting`` record alone; afterwards a record
         # still ``starting`` (the database failed at the wrong moment) is settled like a dead owner's.
+        ours = process_id not in self._in_flight  # a second start of the same id must not clear the first's mark
         self._in_flight.add(process_id)
         try:
             try:
@@ -281,7 +282,8 @@ class Manager:
             self._spawn_claimed(record, overrides, promoted=False)
             return True
         finally:
-            self._in_flight.discard(process_id)
+            if ours:
+                self._in_flight.discard(process_id)
 
     def _launch(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
         """Spawn the command of a record with its env overrides (raises ``OSError`` or ``ValueError``)."""
@@ -836,6 +838,7 @@ class Manager:
         process_id = row["id"]
         if not self.store.update(process_id, expect_status=["running"], expect_owner=old_owner, owner=self._owner):
             return  # another manager adopted it first
+        LogFiles(self.settings.log_dir, process_id).remove_env()  # a promoter that died before deleting it
         timeout_left = None
         if row["timeout"] is not None and row["started_at"] is not None:
             timeout_left = row["timeout"] - (utcnow() - row["started_at"]).total_seconds()

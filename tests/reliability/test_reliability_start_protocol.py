@@ -181,3 +181,37 @@ def test_a_promotion_whose_pid_cannot_be_committed_goes_back_to_the_queue(make_a
                 os.waitpid(pid, os.WNOHANG)
         assert pm.stop_process("stopped-in-queue", timeout=1)
         assert present(pm.get_process_status("stopped-in-queue"))["status"] == "stopped"
+
+
+def test_a_second_start_of_an_id_in_flight_leaves_the_first_alone(make_app: AppFactory,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the first start of ``x`` is between its claim and its spawn, a second start of ``x``
+    is refused; the watcher's ticks meanwhile must not take the first for an abandoned start."""
+    from flask_procman.errors import ProcessExists
+
+    app = make_app()
+    pm = _manager(app)
+    entered, go = threading.Event(), threading.Event()
+    original = pm._launch
+
+    def launch(record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
+        entered.set()
+        go.wait(20)
+        return original(record, overrides)
+
+    monkeypatch.setattr(pm, "_launch", launch)
+    with app.app_context():
+        pm.stats()
+        result: list[bool] = []
+        first = threading.Thread(target=lambda: result.append(pm.start_process("x", ["sleep", "60"])))
+        first.start()
+        assert entered.wait(20)
+        with pytest.raises(ProcessExists):
+            pm.start_process("x", ["sleep", "60"])
+        ticks = pm._ticks
+        wait_until(lambda: pm._ticks >= ticks + 3, message="three ticks")
+        go.set()
+        first.join(20)
+        assert result == [True]
+        row = present(pm.store.get("x"))
+        assert row["status"] == "running" and Identity(row["pid"], row["pid_started"]).is_alive()

@@ -139,3 +139,12 @@ def test_a_deleted_sqlite_file_fails_loudly(make_app: AppFactory, tmp_path: t.An
             pm.start_process("after", py("pass"))
         with pytest.raises(StoreUnavailable, match="deleted or replaced"):
             pm.get_process_status("before")
+
+
+def test_the_cli_says_when_a_start_replaced_a_finished_process(make_app: AppFactory) -> None:
+    app = make_app()
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["procman", "start", "--wait", "again", "--", "true"], catch_exceptions=False)
+    assert first.exit_code == 0 and "replaced" not in first.stderr
+    second = runner.invoke(args=["procman", "start", "--wait", "again", "--", "true"], catch_exceptions=False)
+    assert second.exit_code == 0 and "was the id of a finished process" in second.stderr

@@ -208,6 +208,9 @@ class Manager:
         watcher.close()
         if pool is not None:
             pool.shutdown(wait=True)
+        store = self._store
+        if store is not None and store.owns_table:
+            store.engine.dispose()  # give the database its connections back (reopened on next use)
 
     def _try(self, fn: t.Callable[[], t.Any]) -> None:
         try:

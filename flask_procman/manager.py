@@ -337,10 +337,14 @@ class Manager:
                                                 finished_at=utcnow(), error=NEVER_STARTED))
             raise
         if not won:
-            # A stop landed while it was starting: it must not run. Stop what was spawned.
+            # A stop landed while it was starting (or another manager took the record, believing us
+            # dead): what we spawned must not run. Stop it; record the stop only if it is still ours.
             self._undo_spawn(identity, logs)
-            logs.remove_env()
-            self._finish_stopped_start(process_id)
+            row = self.store.get(process_id)
+            if row is not None and row["status"] == "starting" and row["owner"] == self._owner \
+                    and row["stop_requested"] is not None:
+                logs.remove_env()
+                self._finish_stopped_start(process_id, self._owner)
             return
         logs.remove_env()  # only now: until the pid is committed a promotion may go back to the queue
         t.cast(Watcher, self._watcher).watch(process_id, identity, is_child=True, timeout_left=record["timeout"])
@@ -363,9 +367,9 @@ class Manager:
         except FileNotFoundError:
             pass
 
-    def _finish_stopped_start(self, process_id: str) -> None:
-        """Record ``stopped`` for a ``starting`` record whose stop was requested (once)."""
-        won = self.store.update(process_id, expect_status=["starting"], status="stopped",
+    def _finish_stopped_start(self, process_id: str, owner: str | None) -> None:
+        """Record ``stopped`` for a ``starting`` record of ``owner`` whose stop was requested (once)."""
+        won = self.store.update(process_id, expect_status=["starting"], expect_owner=owner, status="stopped",
                                 error=STOPPED_BEFORE_START, finished_at=utcnow())
         if won or process_id in self._callbacks or process_id in self._events:
             self._dispatch_end(process_id, won=won)
@@ -872,8 +876,10 @@ class Manager:
             if code is None and _owner_alive(row["owner"] or ""):
                 return row  # its live parent reaps it and records the real code
             self.record_end(process_id, code)
-        elif row["status"] == "starting" and process_id not in self._in_flight:
-            if row["owner"] != self._owner and _owner_alive(row["owner"] or ""):
+        elif row["status"] == "starting" and row["owner"] != self._owner:
+            # Only a dead starter's. Our own are settled by our watcher alone: it is also the thread
+            # that promotes, and a promotion is committed a moment before it is marked in flight.
+            if _owner_alive(row["owner"] or ""):
                 return row
             self._settle_starting(row)
         else:
@@ -923,7 +929,7 @@ class Manager:
                     self._watcher.request_tick()
             return
         if stop:
-            self._finish_stopped_start(process_id)
+            self._finish_stopped_start(process_id, old_owner)
             return
         if self.store.update(process_id, expect_status=["starting"], expect_owner=old_owner, status="failed",
                              error=NEVER_STARTED, finished_at=utcnow()):

@@ -866,10 +866,8 @@ class Manager:
         if row["host"] != self.host or row.get("namespace") != self.settings.namespace:
             return row
         process_id = row["id"]
-        watcher = self._watcher
         if row["status"] == "running" and row["pid"] is not None:
-            if watcher is not None and self._pid == os.getpid() and watcher.is_watching(process_id):
-                return row  # our watcher records its end the moment it comes
+            # Even when our watcher follows it: a stop must not land between its end and the record.
             if Identity(row["pid"], row["pid_started"]).is_alive():
                 return row
             code = self.read_exit_status(process_id)

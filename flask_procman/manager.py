@@ -607,7 +607,10 @@ class Manager:
         return row is not None and row["status"] in FINAL
 
     def _exit_code_after_kill(self, identity: Identity, process_id: str, is_child: bool) -> int | None:
-        if is_child:
+        # Also a child of this OS process that no watcher follows (spawned before a shutdown and a
+        # restart of the engine): reap it, or it stays a zombie. The identity check first, so that
+        # a reused pid of another child is never reaped here.
+        if is_child or identity.process() is not None:
             try:
                 waited, status = os.waitpid(identity.pid, os.WNOHANG)
                 if waited:

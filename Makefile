@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 5000
 
-.PHONY: test demo bench lint dist clean
+.PHONY: test stress demo bench lint dist clean
 
 # Editable, so the suite and its subprocesses (flask --app, gunicorn, run from the checkout) all
 # see the same code; the package as users get it (wheel + sdist, fresh venv) is proven by
@@ -18,6 +18,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 ## test: create the venv if missing, install with the test extra, run every test
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## stress: the randomised kill test for many rounds (PROCMAN_STRESS_ROUNDS, default 200) per database
+stress: $(VENV)/.installed
+	PROCMAN_STRESS_ROUNDS=$${PROCMAN_STRESS_ROUNDS:-200} $(PY) -m pytest tests/reliability/test_reliability_kill.py -q $(PYTEST_ARGS)
 
 ## demo: serve the example evaluation service on http://127.0.0.1:$(PORT) (gunicorn, 2 workers)
 # The port is checked first (before installing anything): a busy one ends here with what to do,

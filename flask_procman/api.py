@@ -41,7 +41,7 @@ bp = Blueprint("procman", __name__, template_folder="dashboard/templates", stati
 MAX_OUTPUT_LIMIT = 4 * 1024 * 1024
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 _INTEGER_RE = re.compile(r"-?[0-9]+")
-_LAST_EVENT_ID_RE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
+_LAST_EVENT_ID_RE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})(?::([0-9a-f]{32}))?")
 _SSE_CHUNK = 64 * 1024
 _OPEN_ENDPOINTS = {"procman.static", "procman.health", "procman.dashboard", "procman.unknown"}
 
@@ -146,6 +146,9 @@ def _http_error(exc: HTTPException) -> Response:
 
 @bp.errorhandler(errors.StoreUnavailable)
 def _store_error(exc: errors.StoreUnavailable) -> Response:
+    if isinstance(exc, errors.TableMissing):  # not an outage: trying again does not help
+        return _error_response(500, "table_missing", "The procman_processes table does not exist in the app's "
+                                                     "database: create it with db.create_all() or a migration.")
     return _error_response(503, "store_unavailable", "The process database is unavailable; try again shortly.")
 
 
@@ -160,11 +163,13 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
+    # One message for every wrong value: not a number, too long, or out of range.
+    wrong = ApiError(400, "bad_request", f"'{name}' must be an integer between {minimum} and {maximum}.")
     if len(raw) > 20 or not _INTEGER_RE.fullmatch(raw):
-        raise ApiError(400, "bad_request", f"'{name}' must be an integer.")
+        raise wrong
     value = int(raw)
     if value < minimum or value > maximum:
-        raise ApiError(400, "bad_request", f"'{name}' must be between {minimum} and {maximum}.")
+        raise wrong
     return value
 
 
@@ -343,19 +348,21 @@ def read_output(process_id: str, raw: bool = False) -> Response:
                   "ended": at_end and len(chunk) >= len(data), **_chunk_fields(read, start + len(chunk))})
 
 
-def _sse(event: str, data: t.Any, offsets: t.Sequence[int]) -> str:
-    """One Server-Sent Event whose id is ``<stdout offset>:<stderr offset>`` after it."""
-    return f"id: {offsets[0]}:{offsets[1]}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+def _sse(event: str, data: t.Any, offsets: t.Sequence[int], run: str = "") -> str:
+    """One Server-Sent Event whose id is ``<stdout offset>:<stderr offset>:<run tag>`` after it (the
+    run tag: offsets of an earlier run of a reused id are never applied to a new run)."""
+    suffix = f":{run}" if run else ""
+    return f"id: {offsets[0]}:{offsets[1]}{suffix}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _event_id_offsets(value: str | None, name: str) -> list[int] | None:
-    """The ``[stdout, stderr]`` offsets of an event id (None when absent or empty), or a 400."""
+def _event_id_offsets(value: str | None, name: str) -> tuple[list[int], str | None] | None:
+    """The ``[stdout, stderr]`` offsets and run tag of an event id (None when absent or empty), or a 400."""
     if not value:
         return None
     match = _LAST_EVENT_ID_RE.fullmatch(value)
     if match is None:  # ASCII digits only: str.isdigit() would let '²' through to int()
-        raise ApiError(400, "bad_request", f"{name} must be '<stdout offset>:<stderr offset>'.")
-    return [int(match.group(1)), int(match.group(2))]
+        raise ApiError(400, "bad_request", f"{name} must be '<stdout offset>:<stderr offset>[:<run tag>]'.")
+    return [int(match.group(1)), int(match.group(2))], match.group(3)
 
 
 @bp.get("/api/processes/<process_id>/events")
@@ -366,9 +373,13 @@ def events(process_id: str) -> Response:
     process_id = _check_process_id(process_id)
     header = _event_id_offsets(request.headers.get("Last-Event-ID"), "Last-Event-ID")
     query = _event_id_offsets(request.args.get("last_event_id"), "last_event_id")
-    offsets = header or query or [0, 0]  # the header wins; none (or an empty one) means from the start
-    if manager.store.get(process_id) is None:
+    offsets, client_run = header or query or ([0, 0], None)  # the header wins; none means from the start
+    first = manager.store.get(process_id)
+    if first is None:
         raise ApiError(404, "not_found", f"No process with id {process_id!r}.")
+    run = first["run_tag"] or ""
+    if client_run is not None and client_run != run:
+        offsets = [0, 0]  # the client followed an earlier run of this id: the new one starts at 0
     poll = min(0.25, manager.settings.poll_interval)
 
     def stream() -> t.Iterator[str]:
@@ -378,11 +389,14 @@ def events(process_id: str) -> Response:
         last_progress: dict[str, t.Any] | None = None
         timed = [offsets[0], offsets[1]]  # per stream: bytes below this are timed for the client
         last_beat = time.monotonic()
+        nonlocal run
         while True:
             row = manager.store.get(process_id)
             if row is None:
-                yield _sse("end", {"id": process_id, "status": "removed"}, offsets)
+                yield _sse("end", {"id": process_id, "status": "removed"}, offsets, run)
                 return
+            if (row["run_tag"] or "") != run:  # replaced by a new run meanwhile: follow it from 0
+                run, offsets[0], offsets[1] = row["run_tag"] or "", 0, 0
             final = row["status"] in FINAL
             sent = False
             for index, name in enumerate(("stdout", "stderr")):
@@ -402,7 +416,7 @@ def events(process_id: str) -> Response:
                     if fields["times"]:
                         timed[index] = max(timed[index], int(fields["times"][-1][0]))
                     yield _sse(name, {"data": decode_output(chunk), "offset": start, "next_offset": offsets[index],
-                                      **fields}, offsets)
+                                      **fields}, offsets, run)
                     if len(data) < _SSE_CHUNK:
                         break
                 if timed[index] < offsets[index]:  # sent bytes the index had not timed yet: are they now?
@@ -410,22 +424,22 @@ def events(process_id: str) -> Response:
                     if late:
                         timed[index] = int(late[-1][0])
                         sent = True
-                        yield _sse("times", {"stream": name, "times": [list(e) for e in late]}, offsets)
+                        yield _sse("times", {"stream": name, "times": [list(e) for e in late]}, offsets, run)
             progress = manager.read_progress(row)
             if progress is not None and progress != last_progress:
                 last_progress = progress
                 sent = True
-                yield _sse("progress", manager.status_to_json({"progress": progress})["progress"], offsets)
+                yield _sse("progress", manager.status_to_json({"progress": progress})["progress"], offsets, run)
             key = (row["status"], row["pid"], row["return_code"])
             if key != last_status:
                 last_status = key
                 status = manager.status_to_json(manager.to_status(row, with_output=False))
-                yield _sse("end" if final else "status", status, offsets)
+                yield _sse("end" if final else "status", status, offsets, run)
                 sent = True
                 if final:
                     return
             elif final:
-                yield _sse("end", manager.status_to_json(manager.to_status(row, with_output=False)), offsets)
+                yield _sse("end", manager.status_to_json(manager.to_status(row, with_output=False)), offsets, run)
                 return
             now = time.monotonic()
             if not sent and now - last_beat > 15:
@@ -548,7 +562,9 @@ def start_program(name: str) -> Response:
         raise ApiError(429, "cap_reached", f"{manager.settings.max_processes} processes are running; "
                                            "try later or send \"queue\": true.")
     status = manager.get_process_status(process_id) or {}
-    response = _json({"process": _status_json(status)}, 202 if status.get("status") == "queued" else 201)
+    # replaced: the id belonged to a finished process, whose record and logs this start replaced.
+    response = _json({"process": _status_json(status), "replaced": bool(status.get("replaced"))},
+                     202 if status.get("status") == "queued" else 201)
     response.headers["Location"] = url_for("procman.get_process", process_id=process_id)
     return response
 

@@ -296,6 +296,8 @@ def _started(manager: Manager, process_id: str, ok: bool, wait: bool) -> None:
             "(PROCMAN_MAX_PROCESSES). Use --queue to queue it, or try again later."
         )
     status = _status_or_fail(manager, process_id)
+    if status.get("replaced"):
+        click.echo(f"{process_id} was the id of a finished process: its record and logs were replaced.", err=True)
     if status["status"] == "queued":
         click.echo(f"Queued {process_id}: a web worker starts it when a slot frees up.", err=True)
     elif status["status"] == "running":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import typing as t
 
@@ -57,6 +58,12 @@ class ConfigKeys:
     MAX_LOG_BYTES = "PROCMAN_MAX_LOG_BYTES"
     #: At the cap: ``"truncate"`` (default; keep the newest bytes, the head is freed) or ``"stop"``.
     MAX_LOG_ACTION = "PROCMAN_MAX_LOG_ACTION"
+    #: The app's share of a records table that several apps use (default: derived from the log
+    #: folder). A manager only runs, promotes, adopts and lists the records of its namespace.
+    NAMESPACE = "PROCMAN_NAMESPACE"
+    #: Seconds a database operation may take before it fails with ``StoreUnavailable`` (default 10;
+    #: the connect timeout, TCP keepalives and statement timeout of the engine procman creates).
+    DB_TIMEOUT = "PROCMAN_DB_TIMEOUT"
 
 
 #: The default of every key; ``None`` for LOG_DIR and DATABASE_URI means "derived from instance_path".
@@ -78,6 +85,8 @@ DEFAULTS: dict[str, t.Any] = {
     ConfigKeys.API_MAX_BODY: 64 * KIB,
     ConfigKeys.MAX_LOG_BYTES: None,
     ConfigKeys.MAX_LOG_ACTION: "truncate",
+    ConfigKeys.NAMESPACE: None,
+    ConfigKeys.DB_TIMEOUT: 10.0,
 }
 
 
@@ -100,6 +109,8 @@ class Settings:
     api_max_body: int
     max_log_bytes: int | None = None
     max_log_action: str = "truncate"
+    namespace: str = ""
+    db_timeout: float = 10.0
 
 
 def apply_defaults(app: Flask) -> None:
@@ -166,6 +177,12 @@ def read_settings(app: Flask) -> Settings:
     max_log_action = config[ConfigKeys.MAX_LOG_ACTION]
     if max_log_action not in ("truncate", "stop"):
         raise ConfigurationError(f"{ConfigKeys.MAX_LOG_ACTION} must be 'truncate' or 'stop', not {max_log_action!r}.")
+    namespace = config[ConfigKeys.NAMESPACE]
+    if namespace is None:
+        # Apps with different log folders never run each other's records (their env and logs live there).
+        namespace = "log:" + hashlib.sha256(os.path.abspath(os.fspath(log_dir)).encode()).hexdigest()[:16]
+    elif not isinstance(namespace, str) or not 1 <= len(namespace) <= 64:
+        raise ConfigurationError(f"{ConfigKeys.NAMESPACE} must be a string of 1 to 64 characters, or None.")
 
     return Settings(
         max_processes=int(_number(config, ConfigKeys.MAX_PROCESSES, integer=True, minimum=0)),
@@ -185,4 +202,6 @@ def read_settings(app: Flask) -> Settings:
         api_max_body=int(_number(config, ConfigKeys.API_MAX_BODY, integer=True, minimum=1)),
         max_log_bytes=max_log_bytes,
         max_log_action=max_log_action,
+        namespace=namespace,
+        db_timeout=float(_number(config, ConfigKeys.DB_TIMEOUT, integer=False, minimum=0, strictly_positive=True)),
     )

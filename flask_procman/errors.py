@@ -43,6 +43,10 @@ class StoreUnavailable(ProcManError):
     """The database cannot be reached or the table is missing; running processes go on regardless."""
 
 
+class TableMissing(StoreUnavailable):
+    """The app's database has no ``procman_processes`` table: create it (``db.create_all()`` or a migration)."""
+
+
 class UnknownProgram(ProcManError, LookupError):
     """No program of that name was declared (``PROCMAN_PROGRAMS`` or ``register_program``)."""
 

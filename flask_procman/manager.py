@@ -21,7 +21,7 @@ from . import errors
 from .config import MIB, Settings
 from .engine import heartbeat, outputopts, timeindex
 from .engine.identity import owner_id, owner_identity, record_identity
-from .engine.local import Identity, kill_trees, kill_trees_each, spawn
+from .engine.local import Identity, kill_trees, kill_trees_each, reap, spawn
 from .engine.logfiles import STREAMS, LogFiles, decode_output, is_valid_process_id
 from .engine.outputread import OutputChunk, offset_since, read_chunk
 from .engine.outputwatch import OutputKeeper
@@ -31,6 +31,7 @@ from .engine.runtag import new_tag
 from .engine.watcher import Watcher
 from .programs import Program, make_program
 from .progress import ENV_VAR as PROGRESS_VAR
+from .recovery import NEVER_STARTED, inspect_run, kill_leftovers
 from .signals import process_finished, process_started
 from .store import ACTIVE, FINAL, Store, create_own_engine, make_table, utcnow
 from .teardown import TEARDOWN_REASON, bind_to_context, check_bindable
@@ -50,6 +51,8 @@ CompletionCallback = t.Callable[[str, int | None], t.Any]
 DEFAULT_READ_LIMIT = 1 * MIB
 #: ``stop_requested`` of a run stopped because a log reached its cap (``max_log_action="stop"``).
 LOG_LIMIT = "log_limit"
+#: The ``error`` of a start stopped before its process ran.
+STOPPED_BEFORE_START = "stopped by request before it started"
 _CALLBACK_THREADS = 2
 #: ``stop_requested`` values the owner's watcher carries out without anyone waiting (see tick).
 _DEFERRED_STOPS = ("stop-request", TEARDOWN_REASON)
@@ -83,6 +86,8 @@ class Manager:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._callbacks: dict[str, CompletionCallback] = {}
         self._events: dict[str, threading.Event] = {}
+        #: Ids this manager is starting right now (claim to pid): its watcher leaves them alone.
+        self._in_flight: set[str] = set()
         self._owner = ""
         self._cli_mode = False
         self._last_prune = 0.0
@@ -110,7 +115,8 @@ class Manager:
                     else:
                         table = make_table(sa.MetaData())
                         os.makedirs(self.app.instance_path, exist_ok=True)
-                        self._store = Store(create_own_engine(self.settings.database_uri), table, owns_table=True)
+                        engine = create_own_engine(self.settings.database_uri, self.settings.db_timeout)
+                        self._store = Store(engine, table, owns_table=True)
         return self._store
 
     @property
@@ -150,6 +156,7 @@ class Manager:
         self._pool = None
         self._callbacks = {}
         self._events = {}
+        self._in_flight = set()
         if self._store is not None and self._store.owns_table:
             # Drop the parent's pooled connections without closing them (they are the parent's);
             # a fresh store and engine follow, so no lock the parent held at the fork is reused.
@@ -261,6 +268,9 @@ class Manager:
         watcher.close()
         if pool is not None:
             pool.shutdown(wait=True)
+        store = self._store
+        if store is not None and store.owns_table:
+            store.engine.dispose()  # give the database its connections back (reopened on next use)
 
     def _try(self, fn: t.Callable[[], t.Any]) -> None:
         try:
@@ -313,51 +323,40 @@ class Manager:
             "return_code": None, "pid": None, "pid_started": None, "started_at": None,
             "finished_at": None, "stop_requested": None, "error": None, "survivors": None,
             "handler_state": None, "run_tag": new_tag(), "output_options": output_options,
+            "namespace": self.settings.namespace,
         }
         logs = LogFiles(self.settings.log_dir, process_id)
-        spawned: list[Identity] = []
-        failures: list[str] = []
-
-        def launch() -> dict[str, t.Any]:
-            # Runs inside the claim's transaction: the row is written with its pid, or as failed.
-            try:
-                identity = self._launch(record, overrides)
-            except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
-                failures.append(f"Could not start {argv[0]!r}: {exc}")
-                return {"status": "failed", "error": failures[0], "finished_at": utcnow()}
-            spawned.append(identity)
-            return {"pid": identity.pid, "pid_started": identity.started, "started_at": utcnow()}
-
+        # While in flight, our own watcher leaves the ``starting`` record alone; afterwards a record
+        # still ``starting`` (the database failed at the wrong moment) is settled like a dead owner's.
+        ours = process_id not in self._in_flight  # a second start of the same id must not clear the first's mark
+        self._in_flight.add(process_id)
         try:
-            status = self.store.claim(record, self.settings.max_processes, queue,
-                                      on_queued=(lambda: logs.write_env(overrides)) if overrides else None,
-                                      on_running=launch)
-        except KeyError:
-            raise errors.ProcessExists(
-                f"Process id {process_id!r} is already running or queued; stop it or choose another id."
-            ) from None
-        except OSError as exc:  # the queued env file could not be written: the claim was rolled back
-            raise errors.StartError(f"Could not queue {process_id!r}: {exc}") from exc
-        except errors.StoreUnavailable:
-            # The record could not be written: nobody could ever see or stop the process.
-            if spawned:
-                kill_trees(spawned, 0.5)
-            raise
-        if status is None:
-            return False
-        if failures:
-            raise errors.StartError(failures[0])
-        if on_complete is not None:
-            self._callbacks[process_id] = on_complete
-        if stop_on_teardown:
-            bind_to_context(self, process_id, str(record["run_tag"]))
-        if status == "queued":
-            t.cast(Watcher, self._watcher).request_tick()
+            try:
+                status, _replaced = self.store.claim(
+                    record, self.settings.max_processes, queue,
+                    on_queued=(lambda: logs.write_env(overrides)) if overrides else None,
+                    on_replace=logs.remove,  # the new run never shows a byte of the old one
+                )
+            except KeyError:
+                raise errors.ProcessExists(
+                    f"Process id {process_id!r} is already running or queued; stop it or choose another id."
+                ) from None
+            except OSError as exc:  # the queued env file could not be written: the claim was rolled back
+                raise errors.StartError(f"Could not queue {process_id!r}: {exc}") from exc
+            if status is None:
+                return False
+            if on_complete is not None:
+                self._callbacks[process_id] = on_complete
+            if stop_on_teardown:
+                bind_to_context(self, process_id, str(record["run_tag"]))
+            if status == "queued":
+                t.cast(Watcher, self._watcher).request_tick()
+                return True
+            self._spawn_claimed(record, overrides, promoted=False)
             return True
-        identity = spawned[0]
-        t.cast(Watcher, self._watcher).watch(process_id, identity, is_child=True, timeout_left=timeout)
-        self._send_started(process_id, identity.pid)
-        return True
+        finally:
+            if ours:
+                self._in_flight.discard(process_id)
 
     def _launch(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
         """Spawn the command of a record with its env overrides (raises ``OSError`` or ``ValueError``)."""
@@ -371,39 +370,93 @@ class Manager:
         options = outputopts.effective(record.get("output_options"), self.settings.max_log_bytes,
                                        self.settings.max_log_action)
         # For the watcher of whichever manager follows the run (no database query needed).
-        logs.after_create = lambda: outputopts.write(logs.folder, options)
+        logs.after_create = lambda: _write_output_options(logs.folder, options)
         return spawn(list(record["cmd"]), record["cwd"], env, logs, bool(record["merge_stderr"]))
 
-    def _start_promoted(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> bool:
-        """Spawn a queued record that was just promoted to running (its pid is written after);
-        on failure mark it ``failed`` and run its completion."""
+    def _spawn_claimed(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, promoted: bool) -> None:
+        """Steps 2 and 3 of the start protocol for a committed ``starting`` record of ours: spawn
+        outside any transaction, then compare-and-set ``starting`` -> ``running`` with the pid.
+
+        A direct start raises ``StartError`` (spawn failed) or ``StoreUnavailable`` (the pid could
+        not be committed: the process is stopped and reaped); a promoted one never raises for a
+        database failure: its run is adopted through its run tag once the database is back.
+        """
         process_id = record["id"]
+        logs = LogFiles(self.settings.log_dir, process_id)
         try:
             identity = self._launch(record, overrides)
         except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
             message = f"Could not start {record['cmd'][0]!r}: {exc}"
-            self._try(lambda: self.store.update(process_id, status="failed", error=message, finished_at=utcnow()))
-            self._dispatch_end(process_id, won=True)
-            return False
-        try:
-            self.store.update(process_id, pid=identity.pid, pid_started=identity.started,
-                              started_at=utcnow(), owner=self._owner)
-        except errors.StoreUnavailable:
-            # No record of the pid means nobody could ever stop it: do not leave it running.
-            kill_trees([identity], 0.5)
-            self._try(lambda: self.store.update(process_id, status="failed", finished_at=utcnow(),
-                                                error="the database failed while starting"))
+            won = self.store.update(process_id, expect_status=["starting"], expect_owner=self._owner,
+                                    status="failed", error=message, finished_at=utcnow())
+            logs.remove_env()
+            if promoted:
+                self._dispatch_end(process_id, won=won)
+                return
             self._callbacks.pop(process_id, None)
+            raise errors.StartError(message) from exc
+        try:
+            won = self.store.update(process_id, expect_status=["starting"], expect_owner=self._owner,
+                                    expect_no_stop=True, status="running", pid=identity.pid,
+                                    pid_started=identity.started, started_at=utcnow())
+        except errors.StoreUnavailable:
+            # Nobody could see or stop a process whose pid is not recorded: stop and reap it. A
+            # direct start's caller is told it failed; a promotion stays ``starting`` and goes back
+            # to the queue when it is settled (its env file is still there).
+            self._undo_spawn(identity, logs)
+            if promoted:
+                log.warning("procman: could not record the pid of %s; it goes back to the queue", process_id)
+                return
+            self._callbacks.pop(process_id, None)
+            self._try(lambda: self.store.update(process_id, expect_status=["starting"], status="failed",
+                                                finished_at=utcnow(), error=NEVER_STARTED))
             raise
+        if not won:
+            # A stop landed while it was starting (or another manager took the record, believing us
+            # dead): what we spawned must not run. Stop it; record the stop only if it is still ours.
+            self._undo_spawn(identity, logs)
+            row = self.store.get(process_id)
+            if row is not None and row["status"] == "starting" and row["owner"] == self._owner \
+                    and row["stop_requested"] is not None:
+                logs.remove_env()
+                self._finish_stopped_start(process_id, self._owner)
+            return
+        logs.remove_env()  # only now: until the pid is committed a promotion may go back to the queue
         t.cast(Watcher, self._watcher).watch(process_id, identity, is_child=True, timeout_left=record["timeout"])
         self._send_started(process_id, identity.pid)
-        return True
+
+    def _undo_spawn(self, identity: Identity, logs: LogFiles) -> None:
+        """Stop a process whose start was undone, reap it (no zombie) and forget its exit status
+        (it never counted as a run)."""
+        kill_trees([identity], 0.5)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                if reap(identity.pid) is not None:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.005)
+        try:
+            os.unlink(logs.exit_status_path)
+        except FileNotFoundError:
+            pass
+
+    def _finish_stopped_start(self, process_id: str, owner: str | None) -> None:
+        """Record ``stopped`` for a ``starting`` record of ``owner`` whose stop was requested (once)."""
+        won = self.store.update(process_id, expect_status=["starting"], expect_owner=owner, status="stopped",
+                                error=STOPPED_BEFORE_START, finished_at=utcnow())
+        if won or process_id in self._callbacks or process_id in self._events:
+            self._dispatch_end(process_id, won=won)
 
     def _send_started(self, process_id: str, pid: int) -> None:
         if not process_started.receivers:
             return
         with self.app.app_context():
-            process_started.send(self.app, process_id=process_id, pid=pid)
+            try:
+                process_started.send(self.app, process_id=process_id, pid=pid)
+            except Exception:  # a receiver never breaks the engine
+                log.exception("procman: a process_started receiver raised for %s", process_id)
 
     # ================================================================ reading ====================
     def get_process_status(self, process_id: str) -> dict[str, t.Any] | None:
@@ -411,6 +464,8 @@ class Manager:
         process_id = check_process_id(process_id)
         self._ensure_started_for_reads()
         row = self.store.get(process_id)
+        if row is not None:
+            row = self.settle_if_stale(row)
         return self.to_status(row) if row is not None else None
 
     def _ensure_started_for_reads(self) -> None:
@@ -439,6 +494,7 @@ class Manager:
             "stdout_dropped": logs.first_kept("stdout"),
             "stderr_dropped": 0 if row["merge_stderr"] else logs.first_kept("stderr"),
             "progress": self.read_progress(row, logs),
+            "replaced": bool(row.get("replaced")), "run_tag": row.get("run_tag"),
         }
         if with_output:
             tail = self.settings.output_tail
@@ -515,13 +571,14 @@ class Manager:
             if unknown:
                 raise errors.InvalidCommand(f"unknown status {unknown}; statuses are {list(ACTIVE + FINAL)}.")
         self._ensure_started_for_reads()
-        rows, total = self.store.page(status, limit=limit, offset=offset)
+        rows, total = self.store.page(status, limit=limit, offset=offset, namespace=self.settings.namespace)
+        rows = [self.settle_if_stale(r) for r in rows]
         return [self.to_status(r, with_output=with_output) for r in rows], total
 
     def stats(self) -> dict[str, t.Any]:
         """``{"running", "queued", "max_processes", "by_status"}``."""
         self._ensure_started_for_reads()
-        counts = self.store.count_by_status()
+        counts = self.store.count_by_status(self.settings.namespace)
         return {"running": counts.get("running", 0), "queued": counts.get("queued", 0),
                 "max_processes": self.settings.max_processes, "by_status": counts}
 
@@ -538,6 +595,7 @@ class Manager:
                 row = self.store.get(process_id)
                 if row is None:
                     raise errors.ProcessNotFound(f"No process with id {process_id!r}.")
+                row = self.settle_if_stale(row)
                 if row["status"] in FINAL:
                     return self.to_status(row)
                 left = None if deadline is None else deadline - time.monotonic()
@@ -557,11 +615,30 @@ class Manager:
         grace = self.settings.stop_timeout if given is None else given
         self._ensure_started_for_reads()
         row = self.store.get(process_id)
+        if row is not None:
+            row = self.settle_if_stale(row)  # a process that already ended is not stopped by us
         if row is None or row["status"] in FINAL:
             return False
         if row["status"] == "queued" and self._stop_queued(process_id):
             return True
+        if self.store.update(process_id, expect_status=["starting"], expect_no_stop=True, stop_requested="stop"):
+            row = self._await_start(process_id, grace)
+            if row is None or row["status"] in FINAL:
+                return row is not None and row["status"] == "stopped"
         return self._stop_running([process_id], grace) == [process_id]
+
+    def _await_start(self, process_id: str, grace: float) -> dict[str, t.Any] | None:
+        """After a stop request on a ``starting`` record: its starter gives up (or stops what it
+        spawned) and records ``stopped``; a dead starter's record is settled here."""
+        deadline = time.monotonic() + grace + 10 * self.settings.poll_interval + 5
+        while True:
+            row = self.store.get(process_id)
+            if row is None or row["status"] != "starting":
+                return row
+            row = self.settle_if_stale(row)
+            if row["status"] != "starting" or time.monotonic() > deadline:
+                return row
+            time.sleep(0.01)
 
     def _stop_queued(self, process_id: str) -> bool:
         if not self.store.update(process_id, expect_status=["queued"], status="stopped",
@@ -606,11 +683,15 @@ class Manager:
                 self.store.update(process_id, expect_status=["running"], stop_requested="stop-request")
                 remote.append(process_id)
                 continue
-            if row["pid"] is None:  # claimed, never spawned: its starter died between the two steps
-                if not _owner_alive(row["owner"] or ""):
-                    self.store.update(process_id, expect_status=["running"], stop_requested="stop")
-                    self.record_end(process_id, None)
+            if row["pid"] is None:  # still starting (its starter is alive but slow): it sees the stop
+                self.store.update(process_id, expect_status=["starting"], stop_requested="stop")
+                row = self._await_start(process_id, grace)
+                if row is not None and row["status"] in FINAL:
                     ended.append(process_id)
+                    continue
+                if row is None or row["pid"] is None:
+                    continue
+            if row["status"] != "running":
                 continue
             self.store.update(process_id, expect_status=["running"], stop_requested="stop")
             targets[process_id] = row
@@ -632,6 +713,7 @@ class Manager:
             row = self.store.get(process_id)
             if row is None or row["status"] in FINAL or row["pid"] is not None or time.monotonic() > deadline:
                 return row
+            row = self.settle_if_stale(row)
             time.sleep(0.01)
 
     def _poll_final(self, process_id: str, wait: float) -> dict[str, t.Any] | None:
@@ -657,7 +739,10 @@ class Manager:
         return row is not None and row["status"] in FINAL
 
     def _exit_code_after_kill(self, identity: Identity, process_id: str, is_child: bool) -> int | None:
-        if is_child:
+        # Also a child of this OS process that no watcher follows (spawned before a shutdown and a
+        # restart of the engine): reap it, or it stays a zombie. The identity check first, so that
+        # a reused pid of another child is never reaped here.
+        if is_child or identity.process() is not None:
             try:
                 waited, status = os.waitpid(identity.pid, os.WNOHANG)
                 if waited:
@@ -671,7 +756,7 @@ class Manager:
         """Stop every queued and running process of the app; returns the ids stopped."""
         grace = self.settings.stop_timeout if timeout is None else float(timeout)
         self._ensure_started_for_reads()
-        rows, _ = self.store.page(list(ACTIVE))
+        rows, _ = self.store.page(list(ACTIVE), namespace=self.settings.namespace)
         stopped = [r["id"] for r in rows if r["status"] == "queued" and self._stop_queued(r["id"])]
         running = [r["id"] for r in rows if r["id"] not in stopped]
         return stopped + self._stop_running(running, grace)
@@ -723,8 +808,10 @@ class Manager:
         self.store.update(process_id, expect_status=["running"], stop_requested="timeout")
 
     def record_end(self, process_id: str, return_code: int | None, *,
-                   survivors: list[int] | None = None, inline: bool = False) -> bool:
-        """Record the end of a process, once: a compare-and-set from ``running`` to a final status.
+                   survivors: list[int] | None = None, inline: bool = False,
+                   expect: t.Sequence[str] = ("running",)) -> bool:
+        """Record the end of a process, once: a compare-and-set from ``running`` (or ``expect``) to
+        a final status.
 
         Returns True in the one manager that won and so runs the durable handler.
         """
@@ -732,38 +819,26 @@ class Manager:
         if row is None:
             return False
         won = False
-        if row["status"] == "running":
+        if row["status"] in expect:
             reason = row["stop_requested"]
-            error = None
             if reason == "timeout":
                 status = "timed_out"
             elif reason is not None:
                 status = "stopped"
-                error = row["error"] if reason == LOG_LIMIT else None  # why: written by the stop
             elif return_code is None:
                 status = "lost"
-                error = ("The process ended while no manager was its parent and it left no exit status "
-                         "(killed by SIGKILL, or its log folder was not writable).")
             else:
                 status = "completed"
-            if return_code not in (0, None):
-                stream = "stdout" if row["merge_stderr"] else "stderr"
-                tail = LogFiles(self.settings.log_dir, process_id).tail(stream, self.settings.error_tail)
-                # NUL: no PostgreSQL text column takes it, and the end would never be recorded.
-                error = decode_output(tail).replace("\0", "\ufffd") or f"exited with code {return_code}"
-                if reason == LOG_LIMIT and row["error"]:
-                    error = f"{row['error']}\n\n{error}"
             values: dict[str, t.Any] = {
-                "status": status, "return_code": return_code, "finished_at": utcnow(), "error": error,
+                "status": status, "return_code": return_code, "finished_at": utcnow(),
+                "error": self._end_reason(row, status, return_code),
                 "owner": self._owner or row["owner"],
                 "handler_state": "pending" if row["handler"] else None,
             }
-            if reason == TEARDOWN_REASON:
-                values["error"] = error = "stopped at teardown"  # its context ended (stop_on_teardown)
             if survivors:
                 values["survivors"] = survivors
-                values["error"] = (error or "") + f"\nstill alive after SIGKILL: {survivors}"
-            won = self.store.update(process_id, expect_status=["running"], **values)
+                values["error"] = (values["error"] or "") + f"\nstill alive after SIGKILL: {survivors}"
+            won = self.store.update(process_id, expect_status=list(expect), **values)
         if won or process_id in self._callbacks or process_id in self._events:
             self._dispatch_end(process_id, won=won, inline=inline,
                                durable_work=won and (bool(row["handler"]) or bool(process_finished.receivers)))
@@ -775,6 +850,36 @@ class Manager:
         """A log reached its cap with ``max_log_action="stop"`` (watcher thread): stop the run."""
         if self.store.update(process_id, expect_status=["running"], stop_requested=LOG_LIMIT, error=message):
             t.cast(Watcher, self._watcher).begin_stop(process_id)
+
+    def _end_reason(self, row: t.Mapping[str, t.Any], status: str, return_code: int | None) -> str | None:
+        """The record's ``error``: why it ended, when that is not a plain success."""
+        if status == "timed_out":
+            limit = row["timeout"]
+            reason = f"timed out after {limit:g} s" if limit is not None else "timed out"
+        elif status == "stopped":
+            why = row["stop_requested"]
+            if why == TEARDOWN_REASON:
+                reason = "stopped at teardown"  # its context ended (stop_on_teardown)
+            elif why == LOG_LIMIT and row["error"]:
+                reason = row["error"]  # written by the stop: which log reached its cap
+            else:
+                reason = "stopped by request"
+        elif status == "lost":
+            return ("The process ended while no manager was its parent and it left no exit status "
+                    "(killed by SIGKILL, or its log folder was not writable).")
+        elif return_code in (0, None):
+            return None
+        else:
+            stream = "stdout" if row["merge_stderr"] else "stderr"
+            tail = LogFiles(self.settings.log_dir, row["id"]).tail(stream, self.settings.error_tail)
+            # NUL: no PostgreSQL text column takes it, and the end would never be recorded.
+            return decode_output(tail).replace("\0", "\ufffd") or f"exited with code {return_code}"
+        # A stop's SIGTERM (-15) says nothing; a SIGKILL after the grace or an exit code of its own does.
+        if return_code == -9:
+            reason += "; it did not end within the grace period and was killed (SIGKILL)"
+        elif return_code not in (None, 0, -15):
+            reason += f"; it exited with code {return_code}"
+        return reason
 
     def _dispatch_end(self, process_id: str, *, won: bool, inline: bool = False, durable_work: bool = True) -> None:
         """Run the in-memory callback (if this worker holds one) and, for the recorder, the durable
@@ -834,7 +939,8 @@ class Manager:
     def tick(self) -> None:
         """The watcher's periodic database work (runs on the watcher thread)."""
         self._ticks += 1
-        rows = self.store.active_on_host(self.host)
+        namespace = self.settings.namespace
+        rows = self.store.active_on_host(self.host, namespace)
         watcher = t.cast(Watcher, self._watcher)
         active = {r["id"] for r in rows}
         # Callbacks held here for processes someone else finished (or promoted and finished).
@@ -847,22 +953,40 @@ class Manager:
                 continue
             if row["stop_requested"] in _DEFERRED_STOPS:  # asked from another host, or by request_stop
                 watcher.begin_stop(row["id"])
+        alive: dict[str, bool] = {}
+
+        def owner_dead(owner: str | None) -> bool:
+            if not owner:
+                return True
+            if owner not in alive:
+                alive[owner] = _owner_alive(owner)
+            return not alive[owner]
+
+        for row in rows:
+            if row["status"] != "starting" or row["id"] in self._in_flight:
+                continue
+            # Ours and not in flight: the database failed under us mid-start. Another's: only a dead one's.
+            if row["owner"] == self._owner or (not self._cli_mode and owner_dead(row["owner"])):
+                self._settle_starting(row)
         if self._cli_mode:
             return
         if any(r["status"] == "queued" for r in rows):
-            for record in self.store.promote(self.host, self.settings.max_processes, self._owner):
-                overrides = LogFiles(self.settings.log_dir, record["id"]).pop_env() or {}
-                self._start_promoted(record, overrides)
-        alive: dict[str, bool] = {}
+            for record in self.store.promote(self.host, self.settings.max_processes, self._owner, namespace):
+                self._in_flight.add(record["id"])
+                try:
+                    overrides = LogFiles(self.settings.log_dir, record["id"]).read_env() or {}
+                    self._spawn_claimed(record, overrides, promoted=True)
+                except errors.StoreUnavailable as exc:  # settled (back to the queue) on a later tick
+                    log.warning("procman: could not start the promoted %s (%s); will retry", record["id"], exc)
+                finally:
+                    self._in_flight.discard(record["id"])
         for row in rows:
             owner = row["owner"]
             if row["status"] == "running" and owner and owner != self._owner and not watcher.is_watching(row["id"]):
-                if owner not in alive:
-                    alive[owner] = _owner_alive(owner)
-                if not alive[owner]:
+                if owner_dead(owner):
                     self._adopt(row, owner)
         if self._ticks % 10 == 1:
-            for row in self.store.pending_handlers(self.host):
+            for row in self.store.pending_handlers(self.host, namespace):
                 if row["owner"] != self._owner and not _owner_alive(row["owner"] or ""):
                     if self.store.update(row["id"], expect_owner=row["owner"], owner=self._owner):
                         self._dispatch_end(row["id"], won=True)
@@ -876,10 +1000,7 @@ class Manager:
         process_id = row["id"]
         if not self.store.update(process_id, expect_status=["running"], expect_owner=old_owner, owner=self._owner):
             return  # another manager adopted it first
-        if row["pid"] is None:
-            self.record_end(process_id, None)
-            self.store.update(process_id, error="The manager that was starting it died before it started.")
-            return
+        LogFiles(self.settings.log_dir, process_id).remove_env()  # a promoter that died before deleting it
         timeout_left = None
         if row["timeout"] is not None and row["started_at"] is not None:
             timeout_left = row["timeout"] - (utcnow() - row["started_at"]).total_seconds()
@@ -887,6 +1008,86 @@ class Manager:
         t.cast(Watcher, self._watcher).watch(
             process_id, t.cast(Identity, record_identity(row)), is_child=False, timeout_left=timeout_left
         )
+
+    # ================================================================ settling ===================
+    def settle_if_stale(self, row: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The truth about a record a reader met (returns the record, updated if it changed).
+
+        A ``running`` record of this host whose process is gone is ended from its exit file (the
+        wrapper's; handlers run once, by whoever wins the compare-and-set), so nobody reports a
+        process as running, or stops it, after it ended with no watcher around. A ``starting``
+        record whose starter died is settled as the start protocol says.
+        """
+        if row["host"] != self.host or row.get("namespace") != self.settings.namespace:
+            return row
+        process_id = row["id"]
+        if row["status"] == "running" and row["pid"] is not None:
+            # Even when our watcher follows it: a stop must not land between its end and the record.
+            if t.cast(Identity, record_identity(row)).is_alive():
+                return row
+            code = self.read_exit_status(process_id)
+            if code is None and _owner_alive(row["owner"] or ""):
+                return row  # its live parent reaps it and records the real code
+            self.record_end(process_id, code)
+        elif row["status"] == "starting" and row["owner"] != self._owner:
+            # Only a dead starter's. Our own are settled by our watcher alone: it is also the thread
+            # that promotes, and a promotion is committed a moment before it is marked in flight.
+            if _owner_alive(row["owner"] or ""):
+                return row
+            self._settle_starting(row)
+        else:
+            return row
+        return self.store.get(process_id) or row
+
+    def _settle_starting(self, row: t.Mapping[str, t.Any]) -> None:
+        """Step 4 of the start protocol: a ``starting`` record whose starter is gone (or ours, left
+        by a database failure) is adopted through its run tag, ended, or put back in the queue."""
+        process_id, old_owner = row["id"], row["owner"]
+        logs = LogFiles(self.settings.log_dir, process_id)
+        found = inspect_run(row["run_tag"], logs)
+        stop = row["stop_requested"] is not None
+        if found.root is not None:
+            values: dict[str, t.Any] = {
+                "status": "running", "pid": found.root.pid, "pid_started": found.root.started,
+                "started_at": found.root_started_at or utcnow(),
+            }
+            watcher = self._watcher if self._pid == os.getpid() else None
+            if self._owner and watcher is not None:
+                values["owner"] = self._owner
+                if stop:
+                    values["stop_requested"] = "stop-request"  # the next tick stops it, without blocking
+            if not self.store.update(process_id, expect_status=["starting"], expect_owner=old_owner, **values):
+                return
+            logs.remove_env()
+            log.info("procman: adopting %s (pid %s), whose start %s left unfinished", process_id,
+                     found.root.pid, old_owner)
+            if "owner" in values and watcher is not None:
+                timeout_left = None
+                if row["timeout"] is not None and found.root_started_at is not None:
+                    timeout_left = row["timeout"] - (utcnow() - found.root_started_at).total_seconds()
+                watcher.watch(process_id, found.root, is_child=False, timeout_left=timeout_left)
+                self._send_started(process_id, found.root.pid)
+            return
+        if found.ran:
+            # It ran and ended before anybody recorded its pid: record that end, once; whatever it
+            # left behind is stopped by the one who recorded it.
+            if self.record_end(process_id, found.exit_status, expect=("starting",)):
+                logs.remove_env()
+                kill_leftovers(found.others)
+            return
+        if row["via_queue"] and not stop:
+            if self.store.update(process_id, expect_status=["starting"], expect_owner=old_owner, status="queued"):
+                log.warning("procman: %s goes back to the queue: its promoter died before starting it", process_id)
+                if self._watcher is not None:
+                    self._watcher.request_tick()
+            return
+        if stop:
+            self._finish_stopped_start(process_id, old_owner)
+            return
+        if self.store.update(process_id, expect_status=["starting"], expect_owner=old_owner, status="failed",
+                             error=NEVER_STARTED, finished_at=utcnow()):
+            logs.remove_env()
+            self._dispatch_end(process_id, won=True)
 
     # ================================================================ programs ===================
     def programs(self) -> dict[str, Program]:
@@ -928,3 +1129,12 @@ def _owner_alive(owner: str) -> bool:
     by its start since boot and the boot id: a wall-clock step changes nothing."""
     identity = owner_identity(owner)
     return identity is not None and identity.is_alive()
+
+
+def _write_output_options(folder: str, options: outputopts.OutputOptions) -> None:
+    """Leave the run's output options beside its logs; a full disk must not stop the start (its
+    log is then followed without a cap)."""
+    try:
+        outputopts.write(folder, options)
+    except OSError as exc:
+        log.warning("procman: could not write the output options into %s: %s", folder, exc)

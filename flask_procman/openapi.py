@@ -34,9 +34,13 @@ def _event(*names: str, content: dict[str, t.Any]) -> dict[str, t.Any]:
 
 EVENTS_DESCRIPTION = """A Server-Sent Events stream (read it as a stream: it stays open while the process runs).
 
-Events, each with `id: <stdout offset>:<stderr offset>` (the byte offsets after it, to resume with
-Last-Event-ID) and JSON in `data`:
-- `stdout`, `stderr`: `{"data": text, "offset": n, "next_offset": m}`, a chunk of output;
+Events, each with `id: <stdout offset>:<stderr offset>:<run tag>` (the byte offsets after it, to
+resume with Last-Event-ID; the run tag makes an earlier run's offsets restart at 0 on a reused id)
+and JSON in `data`:
+- `stdout`, `stderr`: `{"data": text, "offset": n, "next_offset": m, "truncated", "time", "times"}`,
+  a chunk of output with the time of its first byte;
+- `times`: `{"stream", "times"}`, times of bytes already sent that the index learnt later;
+- `progress`: the Process's `progress`, when it changes;
 - `status`: the Process, when its status changes;
 - `end`: the final Process, once, then the stream closes (`{"id", "status": "removed"}` if the
   record went away).
@@ -50,6 +54,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
            "schema": {"type": "string", "pattern": f"^{PROCESS_ID_RE.pattern}$"}}
     auth_errors = (401, 403, 503)  # 503 too: every answer past the access check may need the database
     status_ref = {"$ref": "#/components/schemas/Process"}
+    #: A start replaced the finished record (and logs) of an earlier process with the same id.
+    replaced = {"type": "boolean", "description": "True when a finished process of this id was replaced."}
     nullable_time = {"type": ["string", "null"], "format": "date-time"}
     raw_bytes = {"schema": {"type": "string", "format": "binary"}}
     output_params = [
@@ -148,14 +154,14 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
             },
         }},
         "/api/processes/{process_id}/events": {"get": {
-            "summary": "Server-Sent Events: stdout, stderr, status, progress, end; id is '<stdout>:<stderr>' offsets",
+            "summary": "Server-Sent Events: stdout, stderr, status, progress, times, end; id is '<stdout>:<stderr>:<run tag>'",
             "operationId": "processEvents",
             "parameters": [pid, {"name": "Last-Event-ID", "in": "header", "required": False,
                                  "description": "Resume both streams after this event id (empty: from the start)",
-                                 "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}},
+                                 "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18}(:[0-9a-f]{32})?)?$"}},
                            {"name": "last_event_id", "in": "query", "required": False,
                             "description": "The same, for clients that cannot set headers (the header wins)",
-                            "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18})?$"}}],
+                            "schema": {"type": "string", "pattern": "^([0-9]{1,18}:[0-9]{1,18}(:[0-9a-f]{32})?)?$"}}],
             "responses": {"200": {"description": EVENTS_DESCRIPTION,
                                   "content": {"text/event-stream": {
                                       # The body is text (what generated clients read); each event's schema
@@ -191,11 +197,11 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "env": {"type": "object", "additionalProperties": {"type": "string"}},
                     "queue": {"type": "boolean"}}}}}},
             "responses": {
-                "201": {**_json({"type": "object", "required": ["process"], "properties": {"process": status_ref}},
-                                "Started"),
+                "201": {**_json({"type": "object", "required": ["process"], "properties": {
+                                    "process": status_ref, "replaced": replaced}}, "Started"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
-                "202": {**_json({"type": "object", "required": ["process"], "properties": {"process": status_ref}},
-                                "Queued"),
+                "202": {**_json({"type": "object", "required": ["process"], "properties": {
+                                    "process": status_ref, "replaced": replaced}}, "Queued"),
                         "headers": {"Location": {"schema": {"type": "string"}}}},
                 **_error_responses(400, *auth_errors, 404, 409, 413, 429),
             },
@@ -235,7 +241,7 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                 "Event": {
                     "type": "object", "required": ["event", "id", "data"],
                     "properties": {"event": {"enum": ["stdout", "stderr", "status", "progress", "times", "end"]},
-                                   "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                                   "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+(:[0-9a-f]{32})?$"},
                                    "data": {"type": "string"}, "retry": {"type": "integer"}},
                     "allOf": [
                         _event("stdout", "stderr", content={"$ref": "#/components/schemas/OutputChunk"}),
@@ -268,7 +274,7 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "timeout": {"type": ["number", "null"]},
                     "survivors": {"type": "array", "items": {"type": "integer"}},
                     "stdout_dropped": {"type": "integer"}, "stderr_dropped": {"type": "integer"},
-                    "progress": progress}},
+                    "progress": progress, "replaced": {"type": "boolean"}, "run_tag": {"type": ["string", "null"]}}},
             },
         },
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import threading
 import typing as t
 import zlib
@@ -12,12 +13,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
-from .errors import StoreUnavailable
+from .dbtimeout import SocketWatchdog, postgres_connect_args
+from .errors import StoreUnavailable, TableMissing
 
 TABLE_NAME = "procman_processes"
 
-#: Statuses of a process that has not ended yet.
-ACTIVE = ("queued", "running")
+#: Statuses of a process that has not ended yet. ``starting``: a slot is claimed and its owner is
+#: spawning it (the start protocol, DESIGN.md): it counts against the cap like ``running``.
+ACTIVE = ("queued", "starting", "running")
+#: Statuses that hold a slot of the cap.
+HOLDING = ("starting", "running")
 #: Statuses of a process that has ended; a record never leaves them.
 FINAL = ("completed", "stopped", "timed_out", "failed", "lost")
 STATUSES = ACTIVE + FINAL
@@ -80,6 +85,9 @@ def make_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("handler_state", sa.String(16)),
         sa.Column("run_tag", sa.String(64)),  # PROCMAN_RUN_TAG of the run (engine/runtag.py)
         sa.Column("output_options", sa.JSON),  # progress mode, log cap (engine/outputopts.py)
+        sa.Column("namespace", sa.String(64), index=True),  # the app the record belongs to (shared tables)
+        sa.Column("via_queue", sa.Boolean),  # it waited in the queue: an unfinished promotion goes back there
+        sa.Column("replaced", sa.Boolean),  # its start replaced the finished record of an earlier run
     )
 
 
@@ -117,16 +125,27 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def create_own_engine(url: str) -> Engine:
-    """The engine used when the app gives no Flask-SQLAlchemy ``db``."""
+def create_own_engine(url: str, timeout: float | None = None) -> Engine:
+    """The engine used when the app gives no Flask-SQLAlchemy ``db``; on PostgreSQL every operation
+    is bounded by ``timeout`` seconds (``PROCMAN_DB_TIMEOUT``; see :class:`Store`)."""
     is_sqlite = url.startswith("sqlite")
     kwargs: dict[str, t.Any] = {"pool_pre_ping": not is_sqlite}
     if is_sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    parsed = sa.engine.make_url(url)
+    bounded = timeout is not None and parsed.get_backend_name() == "postgresql"
+    if bounded:
+        options = parsed.query.get("options")
+        kwargs["connect_args"] = postgres_connect_args(t.cast(float, timeout),
+                                                       options if isinstance(options, str) else None)
+        kwargs["pool_timeout"] = timeout
+        kwargs["pool_pre_ping"] = False  # the Store pings under its watchdog (a stalled ping would hang)
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
         engine._procman_begin_hook = True  # type: ignore[attr-defined]
+    if bounded:
+        engine._procman_timeout = timeout  # type: ignore[attr-defined]
     return engine
 
 
@@ -146,7 +165,16 @@ class Store:
         self._create_lock = threading.Lock()
         #: Our own SQLite engines emit BEGIN themselves (see _sqlite_setup); an app's engine does not.
         self._begin_hook = bool(getattr(engine, "_procman_begin_hook", False))
+        #: Seconds any operation may take (our own PostgreSQL engine), enforced by the watchdog.
+        self._timeout: float | None = getattr(engine, "_procman_timeout", None)
+        self._watchdog = SocketWatchdog() if self._timeout is not None else None
         self._get_stmt: sa.Select[t.Any] | None = None
+        #: A SQLite file and its (device, inode) when first used: a file deleted or replaced under a
+        #: running app would split the records (and the cap) in two, silently.
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self._sqlite_path = os.path.abspath(database) if database and database != ":memory:" and \
+            not database.startswith("file:") else None
+        self._sqlite_file: tuple[int, int] | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
     def ensure_table(self) -> None:
@@ -161,16 +189,17 @@ class Store:
         try:
             if self.owns_table:
                 # Take the write lock first, so that concurrent creators wait instead of failing.
-                conn = self.engine.connect()
-                if self.engine.dialect.name == "sqlite":
-                    conn = conn.execution_options(procman_begin="IMMEDIATE")
-                with conn, conn.begin():
-                    if self.engine.dialect.name == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
-                    self.defined_table.create(conn, checkfirst=True)
-                    self._add_missing_columns(conn)
+                with self._connect() as raw:
+                    conn = raw
+                    if self.engine.dialect.name == "sqlite":
+                        conn = conn.execution_options(procman_begin="IMMEDIATE")
+                    with conn.begin():
+                        if self.engine.dialect.name == "postgresql":
+                            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(TABLE_NAME)})
+                        self.defined_table.create(conn, checkfirst=True)
+                        self._add_missing_columns(conn)
             elif not sa.inspect(self.engine).has_table(TABLE_NAME, schema=self.defined_table.schema):
-                raise StoreUnavailable(
+                raise TableMissing(
                     f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "
                     "db.create_all() or a migration (it is part of db.metadata)."
                 )
@@ -185,6 +214,9 @@ class Store:
                     )
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"The process database cannot be reached: {exc.__class__.__name__}.") from exc
+        if self._sqlite_path is not None and self._sqlite_file is None:
+            stat = os.stat(self._sqlite_path)
+            self._sqlite_file = (stat.st_dev, stat.st_ino)
         self._checked = True
 
     def _missing_columns(self, conn: Connection) -> list[sa.Column[t.Any]]:
@@ -213,15 +245,31 @@ class Store:
             if added.intersection(c.name for c in index.columns):
                 index.create(conn, checkfirst=True)
 
+    def _check_sqlite_file(self) -> None:
+        """Fail loudly when the SQLite file in use was deleted or replaced (see ``__init__``)."""
+        if self._sqlite_file is None or self._sqlite_path is None:
+            return
+        try:
+            stat = os.stat(self._sqlite_path)
+            same = (stat.st_dev, stat.st_ino) == self._sqlite_file
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StoreUnavailable(
+                f"The SQLite database file {self._sqlite_path} was deleted or replaced while in use; records "
+                "written now would be invisible to the other workers. Restore it, or restart every worker."
+            )
+
     @contextlib.contextmanager
     def transaction(self, *, exclusive: bool = False) -> t.Iterator[Connection]:
         """A transaction; ``exclusive`` serialises it with every other exclusive one, in any OS process."""
         self.ensure_table()
+        self._check_sqlite_file()
         try:
-            conn = self.engine.connect()
-            if exclusive and self.engine.dialect.name == "sqlite":
-                conn = conn.execution_options(procman_begin="IMMEDIATE")
-            with conn:
+            with self._connect() as raw:
+                conn = raw
+                if exclusive and self.engine.dialect.name == "sqlite":
+                    conn = conn.execution_options(procman_begin="IMMEDIATE")
                 with conn.begin():
                     if exclusive and self.engine.dialect.name == "sqlite" and not self._begin_hook:
                         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -231,10 +279,46 @@ class Store:
         except (OperationalError, ProgrammingError) as exc:
             if self._is_missing_table(exc):
                 self._checked = False
+                if not self.owns_table:
+                    raise TableMissing(
+                        f"The table {TABLE_NAME!r} does not exist in the app's database. Create it with "
+                        "db.create_all() or a migration (it is part of db.metadata)."
+                    ) from exc
             raise StoreUnavailable(
                 f"The process database cannot be reached or is locked ({exc.orig.__class__.__name__}); "
                 "running processes go on and records catch up when it is back."
             ) from exc
+
+    @contextlib.contextmanager
+    def _connect(self) -> t.Iterator[Connection]:
+        """A pooled connection; with a timeout, checked and watched until it is given back."""
+        if self._watchdog is None or self._timeout is None:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        for attempt in (1, 2):
+            conn = self.engine.connect()  # bounded: pool_timeout, then connect_timeout
+            dbapi_conn = conn.connection.dbapi_connection
+            assert dbapi_conn is not None
+            token = self._watchdog.arm(dbapi_conn.fileno(), self._timeout)
+            try:
+                try:
+                    self.engine.dialect.do_ping(dbapi_conn)
+                except dbapi_error as exc:
+                    conn.invalidate()  # a connection the server (or the watchdog) closed
+                    conn.close()
+                    if attempt == 1:
+                        continue  # the pool had an old connection: one fresh try
+                    raise StoreUnavailable(
+                        f"The process database cannot be reached or did not answer within {self._timeout:g} s "
+                        f"({exc.__class__.__name__}); running processes go on and records catch up when it is back."
+                    ) from exc
+                with conn:
+                    yield conn
+                return
+            finally:
+                self._watchdog.disarm(token)
 
     @staticmethod
     def _is_missing_table(exc: SQLAlchemyError) -> bool:
@@ -251,13 +335,15 @@ class Store:
         return dict(row) if row else None
 
     def page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
-             offset: int = 0) -> tuple[list[dict[str, t.Any]], int]:
-        """Records newest first, and the total count matching ``status``."""
+             offset: int = 0, namespace: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
+        """Records newest first, and the total count matching ``status`` (and ``namespace``)."""
         table = self.table
-        where = []
+        where: list[sa.ColumnElement[bool]] = []
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(table.c.status.in_(statuses))
+        if namespace is not None:
+            where.append(table.c.namespace == namespace)
         query = sa.select(table).where(*where).order_by(table.c.created_at.desc(), table.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
@@ -268,31 +354,36 @@ class Store:
             total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
         return rows, int(total)
 
-    def count_by_status(self) -> dict[str, int]:
-        """How many records have each status."""
+    def count_by_status(self, namespace: str | None = None) -> dict[str, int]:
+        """How many records have each status (of ``namespace`` when given)."""
+        table = self.table
+        where = [table.c.namespace == namespace] if namespace is not None else []
         with self.transaction() as conn:
             rows = conn.execute(
-                sa.select(self.table.c.status, sa.func.count()).group_by(self.table.c.status)
+                sa.select(table.c.status, sa.func.count()).where(*where).group_by(table.c.status)
             ).all()
         return {status: int(count) for status, count in rows}
 
-    def active_on_host(self, host: str) -> list[dict[str, t.Any]]:
-        """Queued and running records of ``host``, oldest first (the watcher's periodic view)."""
+    def active_on_host(self, host: str, namespace: str) -> list[dict[str, t.Any]]:
+        """Queued, starting and running records of ``host`` in ``namespace``, oldest first (the
+        watcher's periodic view)."""
         table = self.table
         query = (
             sa.select(table.c.id, table.c.status, table.c.owner, table.c.pid, table.c.pid_started,
-                      table.c.stop_requested, table.c.handler, table.c.timeout, table.c.started_at)
-            .where(table.c.host == host, table.c.status.in_(ACTIVE))
+                      table.c.stop_requested, table.c.handler, table.c.timeout, table.c.started_at,
+                      table.c.run_tag, table.c.via_queue)
+            .where(table.c.host == host, table.c.status.in_(ACTIVE), table.c.namespace == namespace)
             .order_by(table.c.created_at, table.c.id)
         )
         with self.transaction() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
-    def pending_handlers(self, host: str) -> list[dict[str, t.Any]]:
+    def pending_handlers(self, host: str, namespace: str) -> list[dict[str, t.Any]]:
         """Final records whose durable handler has not been run to the end."""
         table = self.table
         query = sa.select(table).where(
-            table.c.host == host, table.c.status.in_(FINAL), table.c.handler_state == "pending"
+            table.c.host == host, table.c.status.in_(FINAL), table.c.handler_state == "pending",
+            table.c.namespace == namespace,
         )
         with self.transaction() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
@@ -300,77 +391,87 @@ class Store:
     # -- the claim: the global cap ---------------------------------------------------------------
     def claim(self, record: dict[str, t.Any], cap: int, queue: bool,
               on_queued: t.Callable[[], None] | None = None,
-              on_running: t.Callable[[], dict[str, t.Any]] | None = None) -> str | None:
-        """Insert ``record`` as running (a slot was free), queued, or not at all (cap reached).
+              on_replace: t.Callable[[], None] | None = None) -> tuple[str | None, bool]:
+        """Insert ``record`` as ``starting`` (a slot was free), ``queued``, or not at all (cap reached).
 
-        Returns the status given, or None. An older *final* record with the same id is replaced;
-        a live one raises ``KeyError``. Queued records are first in line: a direct start only
-        gets a slot when running + queued < cap. ``on_queued`` runs before the commit, so that
-        no manager can promote the record before it is ready (its env file written).
-        ``on_running`` spawns the process inside the transaction and returns the values to record
-        with it (its pid, or ``status="failed"`` and the error): a row is never running without a pid.
+        Returns the status given (or None) and whether a finished record of the same id was
+        replaced; a live one raises ``KeyError``. The cap counts the records of ``record["namespace"]``
+        (one app). Queued records are first in line: a direct start only gets a slot when
+        starting + running + queued < cap. Nothing is spawned here (the start protocol, DESIGN.md):
+        the caller spawns after the commit and then sets the pid with :meth:`update`.
+        ``on_replace`` runs before the commit when an old record is replaced (its log files go
+        before anybody can read them as the new run's), ``on_queued`` so that no manager can
+        promote the record before it is ready (its env file written).
         """
         table = self.table
+        namespace = record.get("namespace")
         with self.transaction(exclusive=True) as conn:
             existing = conn.execute(sa.select(table.c.status).where(table.c.id == record["id"])).scalar()
             if existing is not None and existing in ACTIVE:
                 raise KeyError(record["id"])
-            counts: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(table.c.status, sa.func.count())
-                    .where(table.c.status.in_(ACTIVE)).group_by(table.c.status)
-                ).all()
-            )
-            busy = counts.get("running", 0) + counts.get("queued", 0)
-            if busy < cap:
-                status = "running"
+            busy = conn.execute(
+                sa.select(sa.func.count()).select_from(table)
+                .where(table.c.status.in_(ACTIVE), table.c.namespace == namespace)
+            ).scalar_one()
+            if int(busy) < cap:
+                status = "starting"
             elif queue:
                 status = "queued"
             else:
-                return None
+                return None, False
             if existing is not None:
                 conn.execute(sa.delete(table).where(table.c.id == record["id"]))
-            values = {**record, "status": status}
+                if on_replace is not None:
+                    on_replace()
+            values = {**record, "status": status, "replaced": existing is not None,
+                      "via_queue": status == "queued"}
             if status == "queued" and on_queued is not None:
                 on_queued()
-            if status == "running" and on_running is not None:
-                values.update(on_running())
             conn.execute(table.insert(), values)  # executemany-style: no per-call statement building
-            return t.cast(str, values["status"])
+            return status, existing is not None
 
-    def promote(self, host: str, cap: int, owner: str) -> list[dict[str, t.Any]]:
-        """Mark the oldest queued records of ``host`` running, as many as free slots allow."""
+    def promote(self, host: str, cap: int, owner: str, namespace: str) -> list[dict[str, t.Any]]:
+        """Move the oldest queued records of ``host`` in ``namespace`` to ``starting`` under ``owner``,
+        as many as free slots allow; returns the records this call won (each UPDATE is checked)."""
         table = self.table
         with self.transaction(exclusive=True) as conn:
-            running = conn.execute(
-                sa.select(sa.func.count()).select_from(table).where(table.c.status == "running")
+            holding = conn.execute(
+                sa.select(sa.func.count()).select_from(table)
+                .where(table.c.status.in_(HOLDING), table.c.namespace == namespace)
             ).scalar_one()
-            free = cap - int(running)
+            free = cap - int(holding)
             if free <= 0:
                 return []
             rows = [
                 dict(r) for r in conn.execute(
-                    sa.select(table).where(table.c.status == "queued", table.c.host == host)
+                    sa.select(table).where(table.c.status == "queued", table.c.host == host,
+                                           table.c.namespace == namespace)
                     .order_by(table.c.created_at, table.c.id).limit(free)
                 ).mappings()
             ]
+            won = []
             for row in rows:
-                conn.execute(
+                result = conn.execute(
                     sa.update(table).where(table.c.id == row["id"], table.c.status == "queued")
-                    .values(status="running", owner=owner)
+                    .values(status="starting", owner=owner)
                 )
-            return rows
+                if result.rowcount == 1:
+                    won.append({**row, "status": "starting", "owner": owner})
+            return won
 
     # -- writes ----------------------------------------------------------------------------------
     def update(self, process_id: str, *, expect_status: t.Sequence[str] | None = None,
-               expect_owner: str | None = None, **values: t.Any) -> bool:
-        """Update one record; with ``expect_*`` only if it is still in that state (a compare-and-set)."""
+               expect_owner: str | None = None, expect_no_stop: bool = False, **values: t.Any) -> bool:
+        """Update one record; with ``expect_*`` only if it is still in that state (a compare-and-set;
+        ``expect_no_stop``: nobody asked to stop it). True when the record was changed."""
         table = self.table
         where = [table.c.id == process_id]
         if expect_status is not None:
             where.append(table.c.status.in_(list(expect_status)))
         if expect_owner is not None:
             where.append(table.c.owner == expect_owner)
+        if expect_no_stop:
+            where.append(table.c.stop_requested.is_(None))
         with self.transaction() as conn:
             result = conn.execute(sa.update(table).where(*where).values(**values))
         return result.rowcount == 1

@@ -432,11 +432,12 @@ def test_subprocess_start_outlives_the_cli_and_the_web_worker_adopts_it(shared: 
     assert listed.returncode == 0 and re.search(rb"^bg +running +%d " % row["pid"], listed.stdout, re.MULTILINE)
     assert untouched()
 
-    # With no web worker to record it, following a process that ended uses its wrapper's exit status.
+    # With no web worker to record it, the CLI that meets the ended process records it from its
+    # wrapper's exit status (a reader tells the truth without a watcher).
     go.write_text("")
     follow = shared.flask("procman", "logs", "--follow", "orphan")
-    assert follow.returncode == 7 and b"no manager recorded its end" in follow.stderr
-    assert record(manager, "orphan")["status"] == "running"  # the CLI did not record it
+    assert follow.returncode == 7 and b"orphan completed, return code 7" in follow.stderr
+    assert (record(manager, "orphan")["status"], record(manager, "orphan")["return_code"]) == ("completed", 7)
 
     # The web worker (this process's app, out of any click context) adopts both and records the end.
     assert status_of(shared.app, "bg")["status"] == "running"
@@ -493,3 +494,37 @@ def test_subprocess_logs_follow_streams_until_the_end_and_exits_with_its_code(sh
             follower.communicate()
     assert follower.returncode == 5, err
     assert seen + rest == b"first\nsecond\n"
+
+
+def test_without_a_watcher_status_and_stop_tell_the_truth(shared: Shared) -> None:
+    """Issue 9.4, exactly: a CLI start, no web worker running; the process completes by itself.
+    ``status`` then says ``completed`` with its real code, and ``stop`` says it had already ended
+    (exit 1); over HTTP the stop of an ended process is a 409."""
+    # The issue's `sh -c 'echo hi; sleep 1; exit 4'`, with the sleep ended by the test once the
+    # CLI that started it has exited (so that no manager at all is left to record the end).
+    script = "echo hi; while [ ! -e go ]; do sleep 0.05; done; exit 4"
+    out = shared.flask("procman", "start", "orphan1", "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    row = record(manager_of(shared.app), "orphan1")
+    (shared.tmp_path / "go").touch()
+    wait_until(lambda: not Identity(row["pid"], row["pid_started"]).is_alive(), timeout=20, message="orphan1 ended")
+    assert record(manager_of(shared.app), "orphan1")["status"] == "running"  # nobody recorded it yet
+    status = shared.flask("procman", "status", "orphan1")
+    assert status.returncode == 0
+    assert re.search(rb"^status: +completed$", status.stdout, re.MULTILINE), status.stdout
+    assert re.search(rb"^return code: +4$", status.stdout, re.MULTILINE), status.stdout
+    stop = shared.flask("procman", "stop", "orphan1")
+    assert stop.returncode == 1 and b"had already ended (completed)" in stop.stderr, stop.stderr
+
+    # The same through the API: an ended process that nobody recorded yet is not "stopped".
+    out = shared.flask("procman", "start", "orphan2", "--", "sh", "-c", "while [ ! -e go2 ]; do sleep 0.05; done; exit 3")
+    assert out.returncode == 0, out.stderr
+    row = record(manager_of(shared.app), "orphan2")
+    (shared.tmp_path / "go2").touch()
+    wait_until(lambda: not Identity(row["pid"], row["pid_started"]).is_alive(), timeout=20, message="orphan2 ended")
+    shared.app.config["PROCMAN_API_TOKEN"] = "test-token-0123456789"
+    answer = shared.app.test_client().post("/procman/api/processes/orphan2/stop",
+                                           headers={"Authorization": "Bearer test-token-0123456789"})
+    assert answer.status_code == 409, answer.get_json()
+    final = record(manager_of(shared.app), "orphan2")
+    assert (final["status"], final["return_code"]) == ("completed", 3)

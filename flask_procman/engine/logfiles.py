@@ -79,9 +79,13 @@ class LogFiles:
 
         With ``merge_stderr`` both fds are the same file, so the true order of the writes is kept.
         """
-        if os.path.lexists(self.folder):  # an earlier run of a reused id
-            self.remove()
-        os.makedirs(self.folder, mode=0o700)
+        # An earlier run's files were removed when the record was claimed; a promoted start's env
+        # file stays until its pid is committed (the start protocol): truncate, do not remove.
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        try:
+            os.unlink(self.exit_status_path)
+        except FileNotFoundError:
+            pass
         if self.after_create is not None:
             self.after_create()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -180,17 +184,29 @@ class LogFiles:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(dict(env), f)
 
-    def pop_env(self) -> dict[str, str] | None:
-        """Read and delete the queued env overrides (None when there were none)."""
-        path = os.path.join(self.folder, _ENV_FILE)
+    def read_env(self) -> dict[str, str] | None:
+        """The queued env overrides (None when there are none); the file stays."""
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(os.path.join(self.folder, _ENV_FILE), encoding="utf-8") as f:
                 env = json.load(f)
         except FileNotFoundError:
             return None
-        finally:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
         return {str(k): str(v) for k, v in env.items()}
+
+    def remove_env(self) -> None:
+        """Delete the queued env overrides (once the start that needed them is committed)."""
+        try:
+            os.unlink(os.path.join(self.folder, _ENV_FILE))
+        except FileNotFoundError:
+            pass
+
+    def has_exit_status(self) -> bool:
+        """True once the wrapper has written the exit status: the run has ended."""
+        return os.path.exists(self.exit_status_path)
+
+    def pop_env(self) -> dict[str, str] | None:
+        """Read and delete the queued env overrides (None when there were none)."""
+        try:
+            return self.read_env()
+        finally:
+            self.remove_env()

@@ -38,6 +38,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.connections = 0
+        #: While True the proxy accepts connections and reads bytes but forwards nothing (a stall).
+        self.stalled = False
 
     @property
     def running(self) -> bool:
@@ -103,7 +105,8 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                if not self.stalled:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:

@@ -81,3 +81,48 @@ def test_postgres_outage_loses_nothing_and_duplicates_nothing(pg_url: str, pg_pr
     assert sorted(r["id"] for r in records) == ["ender", "long", "refused"]
     assert all(r["status"] in FINAL for r in records) and not all_problems(records)
     assert sorted(runs) == [("ender", 7), ("long", -15), ("refused", 0)]  # each handler once
+
+
+def _bounded(fn: t.Callable[[], t.Any], limit: float) -> tuple[BaseException | None, float]:
+    """Run ``fn`` in a thread; fail the test (instead of hanging it) if it outlives ``limit``."""
+    import threading
+    import time
+
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the test
+            caught.append(exc)
+
+    began = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"still blocked after {limit} s"
+    return (caught[0] if caught else None), time.monotonic() - began
+
+
+def test_a_stalled_postgres_fails_operations_within_the_db_timeout(pg_url: str, pg_proxy: TcpProxy,
+                                                                   make_app: AppFactory, tmp_path: t.Any) -> None:
+    """The proxy accepts and reads but forwards nothing: starts, reads and stops fail with
+    StoreUnavailable within a bound set by PROCMAN_DB_TIMEOUT; the watcher carries on and records
+    an end that happened during the stall once the database answers again."""
+    go = tmp_path / "go"
+    app = make_app(PROCMAN_DATABASE_URI=proxied_url(pg_url, pg_proxy.port), PROCMAN_DB_TIMEOUT=1.0)
+    pm = t.cast(Manager, app.extensions["procman"])
+    ender = f"import os, sys, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\nsys.exit(5)\n"
+    with app.app_context():
+        assert pm.start_process("ender", py(ender))
+        pg_proxy.stalled = True  # ---------------------------------------------- the stall begins
+        for call in (lambda: pm.start_process("refused", ["true"]), lambda: pm.get_process_status("ender"),
+                     lambda: pm.stop_process("ender"), lambda: pm.list_processes()):
+            error, took = _bounded(call, 20)
+            assert isinstance(error, StoreUnavailable), error
+            assert took < 8, took  # a ping (1 s), then a fresh connect (1 s), with slack for a busy machine
+        go.touch()  # ends during the stall
+        pg_proxy.stalled = False  # ------------------------------------------- answers again
+        final = pm.wait("ender", timeout=30)
+        assert (final["status"], final["return_code"]) == ("completed", 5)
+        assert pm.get_process_status("refused") is None

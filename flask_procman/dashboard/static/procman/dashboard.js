@@ -25,11 +25,12 @@
   const DOWNLOAD_CHUNK = 1024 * 1024;
   const TEXT_NODE_MAX = 16 * 1024;        // characters per text node in a log view
 
-  const ACTIVE = new Set(["queued", "running"]);
+  const ACTIVE = new Set(["queued", "starting", "running"]);
   const FINAL = new Set(["completed", "stopped", "timed_out", "failed", "lost"]);
   const STATUS_TITLES = {
     "": "All processes",
     queued: "Queued processes",
+    starting: "Starting processes",
     running: "Running processes",
     completed: "Completed processes",
     stopped: "Stopped processes",

@@ -284,7 +284,10 @@ def describe_failure(state: str, return_code: int | None, process: t.Mapping[str
         headline = "The evaluation process could not be started."
     else:
         headline = f"The evaluation script failed{code}."
-    detail = _last_words((process or {}).get("error") or "")
+    said = (process or {}).get("error") or ""  # a failed script: the end of its log
+    if state in ("stopped", "timed_out"):
+        said = (process or {}).get("stdout") or ""  # procman's error only says why; the log says the rest
+    detail = _last_words(said)
     return f"{headline}\n\n{detail}" if detail else headline
 
 

@@ -136,7 +136,7 @@ def test_generated_client_does_every_operation(tmp_path: Path, cleanup_client: N
         events = _events(api.process_events.sync(process_id="p1", client=client))
         assert [e["event"] for e in events][-1] == "end"
         assert {"stdout", "stderr"} <= {e["event"] for e in events}
-        assert all(e["id"].count(":") == 1 for e in events)
+        assert all(e["id"].count(":") == 2 for e in events)  # <stdout>:<stderr>:<run tag>
         status = api.get_process.sync(process_id="p1", client=client)
         assert (status.id, status.status, status.return_code) == ("p1", "completed", 0)
 

@@ -37,6 +37,9 @@ TREE_CODE = textwrap.dedent(
         time.sleep(0.05)
     """
 )
+#: The error of a bound process that ignored SIGTERM: why it stopped, and that the grace ran out.
+SIGKILLED_AT_TEARDOWN = "stopped at teardown; it did not end within the grace period and was killed (SIGKILL)"
+
 TREE = py(TREE_CODE)
 SLEEP = py("import time; time.sleep(120)")
 IGNORES_TERM = py("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
@@ -124,7 +127,7 @@ def test_a_command_ignoring_sigterm_does_not_hold_the_worker(make_app: AppFactor
     ended_after = time.monotonic() - view_returned[0]
     assert teardown_took < grace / 2, f"the teardown held the worker for {teardown_took:.2f} s"
     assert ended_after >= grace * 0.9  # SIGTERM was ignored: SIGKILL came after the grace
-    assert final["status"] == "stopped" and final["error"] == "stopped at teardown"
+    assert final["status"] == "stopped" and final["error"] == SIGKILLED_AT_TEARDOWN
     assert not alive(pid)
 
 
@@ -457,7 +460,7 @@ def test_a_cli_command_stops_its_bound_process_when_it_ends(make_app: AppFactory
     # The command waited for the ends (the SIGKILL after the 1 s grace included): final at once.
     for name in ("bound", "stubborn"):
         final = present(manager.get_process_status(name))
-        assert final["status"] == "stopped" and final["error"] == "stopped at teardown", name
+        assert final["status"] == "stopped" and final["error"] == (SIGKILLED_AT_TEARDOWN if name == "stubborn" else "stopped at teardown"), name
         assert all_dead(trees[name]), name
     assert took >= 0.9
     assert present(manager.get_process_status("free"))["status"] == "running"

@@ -460,7 +460,8 @@ def test_a_cli_command_stops_its_bound_process_when_it_ends(make_app: AppFactory
     # The command waited for the ends (the SIGKILL after the 1 s grace included): final at once.
     for name in ("bound", "stubborn"):
         final = present(manager.get_process_status(name))
-        assert final["status"] == "stopped" and final["error"] == (SIGKILLED_AT_TEARDOWN if name == "stubborn" else "stopped at teardown"), name
+        expected = SIGKILLED_AT_TEARDOWN if name == "stubborn" else "stopped at teardown"
+        assert final["status"] == "stopped" and final["error"] == expected, name
         assert all_dead(trees[name]), name
     assert took >= 0.9
     assert present(manager.get_process_status("free"))["status"] == "running"

@@ -26,6 +26,7 @@ from .backends.base import RunSpec
 from .backends.local import LocalBackend
 from .ends import LOG_LIMIT, STOPPED_BEFORE_START, EndRecorder
 from .engine.identity import Identity
+from .engine.logfiles import LogFiles
 from .engine.outputread import OutputChunk
 from .engine.watcher import Watcher
 from .programs import Program
@@ -45,9 +46,6 @@ if t.TYPE_CHECKING:
 
 __all__ = ["CALLBACK_THREADS", "DEFAULT_READ_LIMIT", "LOG_LIMIT", "STOPPED_BEFORE_START", "CompletionCallback",
            "Manager"]
-
-#: Kept for the tests that import it from here (the pool's size lives in :mod:`flask_procman.runtime`).
-_CALLBACK_THREADS = CALLBACK_THREADS
 
 
 class Manager:
@@ -175,9 +173,9 @@ class Manager:
         """The public status dict of a record (see README: "Status dict")."""
         return self.reader.to_status(row, with_output=with_output)
 
-    def read_progress(self, row: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
+    def read_progress(self, row: t.Mapping[str, t.Any], logs: LogFiles | None = None) -> dict[str, t.Any] | None:
         """The last progress report of the run of record ``row`` (see README: "Progress"), or None."""
-        return self.reader.read_progress(row)
+        return self.reader.read_progress(row, logs)
 
     status_to_json = staticmethod(status_to_json)
 

@@ -123,8 +123,8 @@ class Settler:
         stop = row["stop_requested"] is not None
         if found.root is not None:
             values: dict[str, t.Any] = {
-                "status": "running", "pid": found.root.pid, "pid_started": found.root.started,
-                "started_at": found.root_started_at or utcnow(),
+                "status": "running", "started_at": found.root_started_at or utcnow(),
+                **self._backend.handle_columns(found.root),
             }
             watcher = rt.watcher_here()
             if rt.owner and watcher is not None:

@@ -168,7 +168,7 @@ class EndRecorder:
                 if rt.store.update(row["id"], expect_owner=row["owner"], owner=rt.owner):
                     self.dispatch_end(row["id"], won=True)
 
-    def send_started(self, process_id: str, pid: int) -> None:
+    def send_started(self, process_id: str, pid: int | None) -> None:
         """Send ``process_started`` (a raising receiver is logged, never breaks the engine)."""
         if not process_started.receivers:
             return

@@ -144,7 +144,7 @@ class Starter:
         process_id = record["id"]
         logs = LogFiles(rt.settings.log_dir, process_id)
         try:
-            identity = self._launch(record, overrides)
+            handle = self._launch(record, overrides)
         except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
             message = f"Could not start {record['cmd'][0]!r}: {exc}"
             won = rt.store.update(process_id, expect_status=["starting"], expect_owner=rt.owner,
@@ -157,13 +157,13 @@ class Starter:
             raise errors.StartError(message) from exc
         try:
             won = rt.store.update(process_id, expect_status=["starting"], expect_owner=rt.owner,
-                                  expect_no_stop=True, status="running", pid=identity.pid,
-                                  pid_started=identity.started, started_at=utcnow())
+                                  expect_no_stop=True, status="running", started_at=utcnow(),
+                                  **self._backend.handle_columns(handle))
         except errors.StoreUnavailable:
             # Nobody could see or stop a process whose pid is not recorded: stop and reap it. A
             # direct start's caller is told it failed; a promotion stays ``starting`` and goes back
             # to the queue when it is settled (its env file is still there).
-            self._backend.cancel(identity, process_id)
+            self._backend.cancel(handle, process_id)
             if promoted:
                 log.warning("procman: could not record the pid of %s; it goes back to the queue", process_id)
                 return
@@ -174,7 +174,7 @@ class Starter:
         if not won:
             # A stop landed while it was starting (or another manager took the record, believing us
             # dead): what we spawned must not run. Stop it; record the stop only if it is still ours.
-            self._backend.cancel(identity, process_id)
+            self._backend.cancel(handle, process_id)
             row = rt.store.get(process_id)
             if row is not None and row["status"] == "starting" and row["owner"] == rt.owner \
                     and row["stop_requested"] is not None:
@@ -182,8 +182,8 @@ class Starter:
                 self._ends.finish_stopped_start(process_id, rt.owner)
             return
         logs.remove_env()  # only now: until the pid is committed a promotion may go back to the queue
-        self._backend.follow(process_id, identity, own=True, timeout_left=record["timeout"])
-        self._ends.send_started(process_id, identity.pid)
+        self._backend.follow(process_id, handle, own=True, timeout_left=record["timeout"])
+        self._ends.send_started(process_id, self._backend.handle_columns(handle).get("pid"))
 
     # ------------------------------------------------------------------ declared programs
     def programs(self) -> dict[str, Program]:

@@ -56,6 +56,10 @@ class Backend(t.Protocol[H]):
     def cancel(self, handle: H, process_id: str) -> None:
         """Undo a submit whose record could not be written: stop it, wait for it, forget its end."""
 
+    def handle_columns(self, handle: H) -> dict[str, t.Any]:
+        """The record's columns that name a run's handle, written by the compare-and-set to
+        ``running`` (local: ``pid`` and ``pid_started``); :meth:`handle_of` reads them back."""
+
     def handle_of(self, record: t.Mapping[str, t.Any]) -> H | None:
         """The handle of a record's run (None while it has none: not yet submitted)."""
 

@@ -69,6 +69,10 @@ class LocalBackend:
         except FileNotFoundError:
             pass
 
+    def handle_columns(self, handle: Identity) -> dict[str, t.Any]:
+        """``pid`` and ``pid_started`` (its start since boot: identity survives pid reuse)."""
+        return {"pid": handle.pid, "pid_started": handle.started}
+
     def handle_of(self, record: t.Mapping[str, t.Any]) -> Identity | None:
         """The identity of a record's process (None before its pid is recorded)."""
         return record_identity(record)

@@ -9,7 +9,7 @@ import signal
 import typing as t
 
 import pytest
-from conftest import PY, AppFactory, wait_until
+from conftest import PY, AppFactory, present, wait_until
 
 import flask_procman
 from flask_procman.backends.base import Backend, RunSpec
@@ -112,3 +112,22 @@ def test_no_module_imports_a_private_name_of_another() -> None:
                 offenders += [f"{path.relative_to(PACKAGE)}: {a.name}" for a in node.names
                               if a.name.startswith("_") and not a.name.startswith("__")]
     assert offenders == []
+
+
+def test_the_manager_stops_through_its_backend(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app()
+    manager: Manager = app.extensions["procman"]
+    stopped: list[list[int]] = []
+    real = manager.backend.stop
+
+    def stop(handles: t.Sequence[Identity], grace: float) -> list[list[int]]:
+        stopped.append([h.pid for h in handles])
+        return real(handles, grace)
+
+    monkeypatch.setattr(manager.backend, "stop", stop)
+    with app.app_context():
+        assert manager.start_process("victim", ["sleep", "60"])
+        pid = present(manager.store.get("victim"))["pid"]
+        assert manager.stop_process("victim", timeout=2)
+        assert manager.wait("victim", timeout=20)["status"] == "stopped"
+    assert stopped == [[pid]]

@@ -27,10 +27,9 @@ import click
 from flask.cli import AppGroup
 
 from . import errors
-from .engine.identity import record_identity
+from .engine.identity import owner_alive, record_identity
 from .engine.local import Identity
 from .facade import manager_for
-from .manager import _owner_alive
 from .store import FINAL, STATUSES
 
 if t.TYPE_CHECKING:
@@ -255,7 +254,7 @@ def _follow(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, in
             return row["status"], row["return_code"]
         if (row["status"] == "running" and row["pid"] is not None and row["host"] == manager.host
                 and not (record_identity(row) or Identity(row["pid"], 0.0)).is_alive()
-                and not _owner_alive(row["owner"] or "")):
+                and not owner_alive(row["owner"] or "")):
             if dead_since is None:
                 dead_since = time.monotonic()
             elif time.monotonic() - dead_since > grace:

@@ -120,6 +120,13 @@ def owner_identity(owner: str) -> Identity | None:
     return Identity(pid, started, (parts[4] or None) if len(parts) == 5 else None)
 
 
+def owner_alive(owner: str) -> bool:
+    """Is the manager behind an owner id still running? (Same host only; zombies are dead.) Judged
+    by its start since boot and the boot id: a wall-clock step changes nothing."""
+    identity = owner_identity(owner)
+    return identity is not None and identity.is_alive()
+
+
 def record_identity(record: t.Mapping[str, t.Any]) -> Identity | None:
     """The identity of a record's process (its ``pid``, ``pid_started`` and ``run_tag``; the boot id
     of the owner that recorded it), or None when it has no pid yet."""

@@ -27,7 +27,7 @@ import requests
 from conftest import free_port, no_control_socket, wait_until
 from rel_support import HERE
 
-from flask_procman.manager import _CALLBACK_THREADS
+from flask_procman.runtime import CALLBACK_THREADS
 
 TOKEN = "load-token-5e0c1f2a9b8d7c6e"
 CAP = 8
@@ -267,10 +267,10 @@ def test_2000_short_processes_through_the_rest_api(tmp_path: t.Any, record_prope
               f"after the load {_footprint(workers)}")
         # Nothing leaked in the workers: the same fds as after the warm-up, no zombie. Two pools may
         # still grow lazily to their bounds, never beyond: the callback threads (to
-        # _CALLBACK_THREADS, beside the main thread and the watcher) and the database connections
+        # CALLBACK_THREADS, beside the main thread and the watcher) and the database connections
         # (one per thread that uses the database at once). A leak of 2,000 would show either way.
         assert server.workers() == workers  # no worker was restarted
-        most_threads = 2 + _CALLBACK_THREADS
+        most_threads = 2 + CALLBACK_THREADS
 
         def settled() -> bool:
             for pid in workers:

@@ -294,7 +294,9 @@ def test_a_failure_is_described_by_the_scripts_last_words() -> None:
     assert describe_failure("completed", 1, {"error": with_traceback}) == (
         "The evaluation script failed (exit status 1).\n\n"
         "Traceback (most recent call last):\n  File x\nRuntimeError: boom\nevaluate: failed")
-    stopped = describe_failure("stopped", -15, {"error": tail + "evaluate: received SIGTERM, stopping\n"})
+    # A stopped record's error only says why it ended; what the script said is the end of its log.
+    stopped = describe_failure("stopped", -15, {"error": "stopped by request",
+                                                 "stdout": tail + "evaluate: received SIGTERM, stopping\n"})
     assert stopped.endswith("progress 19\nevaluate: received SIGTERM, stopping") and "progress 14" not in stopped
     assert describe_failure("lost", None, None).startswith("The evaluation process was lost")
 

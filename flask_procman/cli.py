@@ -19,16 +19,13 @@ import functools
 import json
 import re
 import shlex
-import sys
-import time
 import typing as t
 
 import click
 from flask.cli import AppGroup
 
 from . import errors
-from .engine.identity import owner_alive, record_identity
-from .engine.local import Identity
+from .cli_output import binary_stream, copy_output, field_text, follow_and_exit, report_start, status_or_fail, tail_start
 from .facade import manager_for
 from .store import FINAL, STATUSES
 
@@ -39,12 +36,6 @@ procman_cli = AppGroup("procman", help="Inspect and control the processes of thi
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
-#: Bytes read per step when copying a log to stdout.
-_CHUNK = 1024 * 1024
-#: Bytes read per step when searching a log backwards for the start of its last lines.
-_TAIL_BLOCK = 64 * 1024
-#: Seconds between two looks at the log files and the record while following a process.
-_FOLLOW_INTERVAL = 0.1
 #: Width of the command column of ``list``.
 _CMD_WIDTH = 60
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -79,23 +70,6 @@ def _parse_env(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
         env[key] = value
     return env
 
-
-def _status_or_fail(manager: Manager, process_id: str) -> dict[str, t.Any]:
-    """The status dict of a process; exit 1 when there is no such process."""
-    status = manager.get_process_status(process_id)
-    if status is None:
-        raise click.ClickException(f"No process with id {process_id!r}.")
-    return status
-
-
-def _exit_code(status: str, return_code: int | None) -> int:
-    """The CLI's exit code for a process that ended: its return code, 128+N for signal N,
-    1 when it has none (``failed``, ``lost``)."""
-    if return_code is None:
-        return 0 if status == "completed" else 1
-    if return_code < 0:
-        return 128 - return_code
-    return return_code if return_code <= 255 else 1
 
 
 def _local_time(value: dt.datetime | None) -> str:
@@ -150,164 +124,10 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _value(value: t.Any) -> str:
-    """A status field for the human output ("-" for None)."""
-    return "-" if value is None else str(value)
-
 
 def _echo_json(data: t.Any) -> None:
     """Print ``data`` as indented JSON on stdout."""
     click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-class _TextSink:
-    """Bytes written to a text stream that has no binary buffer (decoded, invalid bytes replaced)."""
-
-    def __init__(self, stream: t.TextIO) -> None:
-        self._stream = stream
-
-    def write(self, data: bytes) -> int:
-        """Write ``data`` decoded as UTF-8."""
-        self._stream.write(data.decode("utf-8", errors="replace"))
-        return len(data)
-
-    def flush(self) -> None:
-        """Flush the text stream."""
-        self._stream.flush()
-
-
-def _binary_stream(name: str) -> t.BinaryIO:
-    """The binary layer of ``sys.stdout`` or ``sys.stderr`` (after flushing its text layer, so
-    that the raw log bytes come after what was echoed before)."""
-    stream = sys.stdout if name == "stdout" else sys.stderr
-    stream.flush()
-    buffer = getattr(stream, "buffer", None)
-    return t.cast(t.BinaryIO, buffer if buffer is not None else _TextSink(stream))
-
-
-def _write(out: t.BinaryIO, data: bytes) -> None:
-    """Write raw log bytes and flush, so that a follower sees them at once."""
-    if data:
-        out.write(data)
-        out.flush()
-
-
-def _copy(manager: Manager, process_id: str, stream: str, offset: int, out: t.BinaryIO,
-          end: int | None = None) -> int:
-    """Copy ``stream`` from ``offset`` (up to ``end``, or to what is there now) to ``out``,
-    one chunk at a time; returns the offset reached."""
-    while end is None or offset < end:
-        limit = _CHUNK if end is None else min(_CHUNK, end - offset)
-        data, offset = manager.read_output(process_id, stream, offset, limit)
-        if not data:
-            break
-        _write(out, data)
-    return offset
-
-
-def _tail_start(manager: Manager, process_id: str, stream: str, size: int, lines: int, floor: int = 0) -> int:
-    """The byte offset where the last ``lines`` lines of the first ``size`` bytes begin.
-
-    The log is read backwards from ``size`` one block at a time, only as far as needed; a newline
-    that ends the file ends the last line rather than starting an empty one. ``floor`` is the
-    first byte still kept (a capped log's dropped head).
-    """
-    if lines <= 0:
-        return size
-    found = 0
-    pos = size
-    while pos > floor:
-        start = max(floor, pos - _TAIL_BLOCK)
-        data, _ = manager.read_output(process_id, stream, start, pos - start)
-        if len(data) < pos - start:  # the file shrank (recreated): show what is there
-            return 0
-        index = len(data)
-        while True:
-            index = data.rfind(b"\n", 0, index)
-            if index < 0:
-                break
-            if start + index != size - 1:
-                found += 1
-                if found == lines:
-                    return start + index + 1
-        pos = start
-    return floor
-
-
-def _follow(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, int, t.BinaryIO]]) -> tuple[str, int | None]:
-    """Stream the logs ``(stream, offset, out)`` until the process has ended; its final
-    ``(status, return_code)``.
-
-    When the process has died but nobody records its end (its manager is gone and no web worker
-    adopts it), the exit status its wrapper left is used after a grace period; nothing is recorded.
-    """
-    offsets = {stream: offset for stream, offset, _out in outputs}
-    grace = 2.0 + 3 * manager.settings.poll_interval
-    dead_since: float | None = None
-    while True:
-        row = manager.store.get(process_id)
-        if row is None:
-            raise click.ClickException(f"Process {process_id!r} was removed while it was followed.")
-        for stream, _offset, out in outputs:
-            offsets[stream] = _copy(manager, process_id, stream, offsets[stream], out)
-        if row["status"] in FINAL:  # its output was complete before its end was recorded
-            return row["status"], row["return_code"]
-        if (row["status"] == "running" and row["pid"] is not None and row["host"] == manager.host
-                and not (record_identity(row) or Identity(row["pid"], 0.0)).is_alive()
-                and not owner_alive(row["owner"] or "")):
-            if dead_since is None:
-                dead_since = time.monotonic()
-            elif time.monotonic() - dead_since > grace:
-                code = manager.read_exit_status(process_id)
-                click.echo(f"procman: {process_id} has ended but no manager recorded its end (is a web "
-                           f"worker running?); its exit status is {_value(code)}.", err=True)
-                return ("completed" if code is not None else "lost"), code
-        else:
-            dead_since = None
-        time.sleep(_FOLLOW_INTERVAL)
-
-
-def _follow_and_exit(manager: Manager, process_id: str, outputs: t.Sequence[tuple[str, int, t.BinaryIO]]) -> t.NoReturn:
-    """Follow the process to its end (see :func:`_follow`), then exit with its exit code.
-
-    Ctrl-C stops following only: the process keeps running.
-    """
-    ctx = click.get_current_context()
-    try:
-        status, return_code = _follow(manager, process_id, outputs)
-    except KeyboardInterrupt:
-        click.echo(f"\nInterrupted: {process_id} keeps running (flask procman stop {process_id} stops it).", err=True)
-        ctx.exit(130)
-    code = _exit_code(status, return_code)
-    if status != "completed" or code != 0:
-        row = manager.store.get(process_id)
-        error = row["error"] if row is not None and status in ("failed", "lost") else None
-        detail = f": {error}" if error else ""
-        click.echo(f"procman: {process_id} {status}, return code {_value(return_code)}{detail}", err=True)
-    ctx.exit(code)
-
-
-def _started(manager: Manager, process_id: str, ok: bool, wait: bool) -> None:
-    """Report a start (or exit 1 when the cap refused it); with ``wait``, follow it to its end."""
-    if not ok:
-        raise click.ClickException(
-            f"Not started: {manager.settings.max_processes} processes are running or queued "
-            "(PROCMAN_MAX_PROCESSES). Use --queue to queue it, or try again later."
-        )
-    status = _status_or_fail(manager, process_id)
-    if status.get("replaced"):
-        click.echo(f"{process_id} was the id of a finished process: its record and logs were replaced.", err=True)
-    if status["status"] == "queued":
-        click.echo(f"Queued {process_id}: a web worker starts it when a slot frees up.", err=True)
-    elif status["status"] == "running":
-        click.echo(f"Started {process_id} (pid {status['pid']}).", err=True)
-    if not wait:
-        click.echo(process_id)
-        return
-    outputs = [("stdout", 0, _binary_stream("stdout"))]
-    if not status["merge_stderr"]:
-        outputs.append(("stderr", 0, _binary_stream("stderr")))
-    _follow_and_exit(manager, process_id, outputs)
 
 
 # ==================================================================== reading =====================
@@ -329,8 +149,8 @@ def list_command(statuses: tuple[str, ...], limit: int | None, as_json: bool) ->
         return
     header = ("ID", "STATUS", "PID", "STARTED", "DURATION", "RC", "PROGRESS", "COMMAND")
     rows = [
-        (p["id"], p["status"], _value(p["pid"]), _local_time(p["started_at"]), _duration(p["duration"]),
-         _value(p["return_code"]), _progress(p.get("progress")), _shorten(_command_line(p["cmd"]), _CMD_WIDTH))
+        (p["id"], p["status"], field_text(p["pid"]), _local_time(p["started_at"]), _duration(p["duration"]),
+         field_text(p["return_code"]), _progress(p.get("progress")), _shorten(_command_line(p["cmd"]), _CMD_WIDTH))
         for p in processes
     ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
@@ -346,7 +166,7 @@ def list_command(statuses: tuple[str, ...], limit: int | None, as_json: bool) ->
 def status_command(process_id: str, as_json: bool) -> None:
     """Show one process's status."""
     manager = _manager()
-    status = _status_or_fail(manager, process_id)
+    status = status_or_fail(manager, process_id)
     if as_json:
         _echo_json(manager.status_to_json(status))
         return
@@ -365,7 +185,7 @@ def status_command(process_id: str, as_json: bool) -> None:
         ("error", status["error"]),
     ]
     for name, value in fields:
-        click.echo(f"{name + ':':<13} {_value(value)}")
+        click.echo(f"{name + ':':<13} {field_text(value)}")
 
 
 @procman_cli.command("logs")
@@ -379,20 +199,20 @@ def status_command(process_id: str, as_json: bool) -> None:
 def logs_command(process_id: str, use_stderr: bool, follow: bool, lines: int | None) -> None:
     """Print a process's stdout (or stderr) log, as raw bytes."""
     manager = _manager()
-    status = _status_or_fail(manager, process_id)
+    status = status_or_fail(manager, process_id)
     stream = "stderr" if use_stderr else "stdout"
     if use_stderr and status["merge_stderr"]:
         raise click.ClickException(f"Process {process_id!r} merges stderr into stdout: its stderr is in its stdout log.")
     size = status[f"{stream}_size"]
     dropped = status.get(f"{stream}_dropped") or 0
-    start = 0 if lines is None else _tail_start(manager, process_id, stream, size, lines, dropped)
+    start = 0 if lines is None else tail_start(manager, process_id, stream, size, lines, dropped)
     if dropped and start <= dropped:  # the output shown begins where the head was dropped
         click.echo(f"procman: the first {dropped} bytes of {stream} were dropped (max_log_bytes); "
                    f"printing from byte {dropped}.", err=True)
-    out = _binary_stream("stdout")
+    out = binary_stream("stdout")
     if follow:
-        _follow_and_exit(manager, process_id, [(stream, start, out)])
-    _copy(manager, process_id, stream, start, out, end=size)
+        follow_and_exit(manager, process_id, [(stream, start, out)])
+    copy_output(manager, process_id, stream, start, out, end=size)
 
 
 @procman_cli.command("stats")
@@ -445,17 +265,17 @@ def programs_command(as_json: bool) -> None:
 def stop_command(process_id: str, timeout: float | None) -> None:
     """Stop a running or queued process and its whole tree (exit 1 if it had already ended)."""
     manager = _manager()
-    before = _status_or_fail(manager, process_id)
+    before = status_or_fail(manager, process_id)
     if before["status"] in FINAL:
         raise click.ClickException(f"Process {process_id!r} had already ended ({before['status']}).")
     stopped = manager.stop_process(process_id, timeout)
-    after = _status_or_fail(manager, process_id)
+    after = status_or_fail(manager, process_id)
     if not stopped:
         if after["status"] in FINAL:
             raise click.ClickException(f"Process {process_id!r} had already ended ({after['status']}).")
         raise click.ClickException(f"Process {process_id!r} is still {after['status']}: it could not be stopped.")
     survivors = f"; still alive after SIGKILL: {after['survivors']}" if after["survivors"] else ""
-    click.echo(f"Stopped {process_id} ({after['status']}, return code {_value(after['return_code'])}){survivors}.",
+    click.echo(f"Stopped {process_id} ({after['status']}, return code {field_text(after['return_code'])}){survivors}.",
                err=True)
 
 
@@ -518,7 +338,7 @@ def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: d
     ok = manager.start_process(process_id, list(cmd), cwd, env or None, timeout=timeout, queue=queue,
                                merge_stderr=merge_stderr, progress=progress, max_log_bytes=max_log_bytes,
                                max_log_action=max_log_action)
-    _started(manager, process_id, ok, wait)
+    report_start(manager, process_id, ok, wait)
 
 
 @procman_cli.command("run")
@@ -538,4 +358,4 @@ def run_command(program: str, args: tuple[str, ...], process_id: str | None, env
     manager = _manager()
     process_id, ok = manager.start_program(program, process_id=process_id, args=list(args), env=env or None,
                                            queue=queue)
-    _started(manager, process_id, ok, wait)
+    report_start(manager, process_id, ok, wait)

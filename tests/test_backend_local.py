@@ -104,6 +104,12 @@ def test_each_manager_module_stays_small(name: str) -> None:
     assert lines <= 400, f"{name} has {lines} lines"
 
 
+def test_no_module_of_the_package_passes_400_lines() -> None:
+    """api, cli, store and the watcher were split (issue 11) so that none holds several jobs."""
+    big = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := p.read_text().count("\n")) > 400}
+    assert big == {}
+
+
 def test_no_module_imports_a_private_name_of_another() -> None:
     offenders = []
     for path in PACKAGE.rglob("*.py"):

@@ -20,7 +20,7 @@ from click.testing import Result
 from conftest import PY, AppFactory, present, py, wait_until
 from flask import Flask
 
-from flask_procman import cli as cli_module
+from flask_procman import cli_output
 from flask_procman.engine.local import Identity
 from flask_procman.manager import Manager
 
@@ -156,7 +156,7 @@ def test_logs_raw_bytes_tail_stderr_and_follow_of_an_ended_process(finished: Fla
     ("failed", None, 1), ("lost", None, 1), ("completed", 300, 1),
 ])
 def test_exit_code_of_an_ended_process(status: str, return_code: int | None, expected: int) -> None:
-    assert cli_module._exit_code(status, return_code) == expected
+    assert cli_output.exit_code(status, return_code) == expected
 
 
 class _BytesManager:
@@ -177,10 +177,10 @@ class _BytesManager:
 def test_tail_start_matches_the_last_lines_at_every_block_size(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     lines = re.findall(rb"[^\n]*\n|[^\n]+\Z", data)
     for block in (1, 2, 3, 7, 64 * 1024):
-        monkeypatch.setattr(cli_module, "_TAIL_BLOCK", block)
+        monkeypatch.setattr(cli_output, "TAIL_BLOCK", block)
         for n in range(len(lines) + 2):
             fake = _BytesManager(data)
-            start = cli_module._tail_start(t.cast(Manager, fake), "p", "stdout", len(data), n)
+            start = cli_output.tail_start(t.cast(Manager, fake), "p", "stdout", len(data), n)
             expected = b"".join(lines[max(0, len(lines) - n):]) if n else b""
             assert data[start:] == expected, (block, n)
 
@@ -188,9 +188,9 @@ def test_tail_start_matches_the_last_lines_at_every_block_size(data: bytes, monk
 def test_tail_reads_only_the_end_of_a_big_log() -> None:
     data = b"".join(b"%08d %s\n" % (i, b"x" * 90) for i in range(200_000))  # ~20 MB
     fake = _BytesManager(data)
-    start = cli_module._tail_start(t.cast(Manager, fake), "p", "stdout", len(data), 3)
+    start = cli_output.tail_start(t.cast(Manager, fake), "p", "stdout", len(data), 3)
     assert data[start:].splitlines()[0].startswith(b"00199997 ")
-    assert fake.bytes_read <= cli_module._TAIL_BLOCK
+    assert fake.bytes_read <= cli_output.TAIL_BLOCK
 
 
 def test_stop_remove_and_their_failures(make_app: AppFactory) -> None:

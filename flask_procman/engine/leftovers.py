@@ -161,6 +161,15 @@ class Leftovers:
                 new.signal(signal.SIGTERM)  # only the processes not signalled yet
                 entry.procs.update(new.procs)
 
+    def finish(self) -> None:
+        """At shutdown: SIGKILL, once their grace is over, what ended jobs left behind (they were
+        already sent SIGTERM), without waiting for the deaths (the manager is going away)."""
+        self.sweep(force=True)
+        while self.unkilled():
+            self.step(time.monotonic())
+            time.sleep(0.02)
+        self.step(time.monotonic())
+
     def step(self, now: float) -> None:
         """SIGKILL what outlived its grace (listing the runs' processes afresh: what they forked
         meanwhile dies too); drop what has ended; report what survived SIGKILL."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import selectors
@@ -10,47 +9,17 @@ import threading
 import time
 import typing as t
 
-from .kill import TreeKiller, scan_for
+from .escalation import begin_kills, kill_due
+from .forkpause import ForkPause
 from .leftovers import Leftovers
 from .local import Identity, open_pidfd, reap
+from .wakepipe import WakePipe
+from .watched import Watched, WatcherClient, child_pidfd, reap_blocking
+
+# Re-exported: they were defined here before (the runtime and the stopper import them from here).
+__all__ = ["Watched", "Watcher", "WatcherClient"]
 
 log = logging.getLogger("flask_procman")
-
-
-class WatcherClient(t.Protocol):
-    """What the watcher asks of its manager."""
-
-    def record_end(self, process_id: str, return_code: int | None, *,
-                   survivors: list[int] | None = None, inline: bool = False) -> bool:
-        """Record that a watched process has ended (raises on database errors; retried later)."""
-
-    def request_timeout_stop(self, process_id: str) -> None:
-        """Mark a process as being stopped for its timeout (raises on database errors)."""
-
-    def tick(self) -> None:
-        """Periodic database work: stop requests, queue promotion, adoption, pruning."""
-
-    def read_exit_status(self, process_id: str) -> int | None:
-        """The exit status the wrapper left on disk, if any."""
-
-    def record_survivors(self, process_id: str, survivors: list[int]) -> None:
-        """Add processes of an ended run that survived SIGKILL to its record."""
-
-
-@dataclasses.dataclass
-class Watched:
-    """A process the watcher follows until it ends."""
-
-    process_id: str
-    identity: Identity
-    is_child: bool
-    deadline: float | None = None  # time.monotonic() at which the timeout fires
-    pidfd: int | None = None
-    killer: TreeKiller | None = None
-    kill_at: float | None = None
-    killed: bool = False
-    ended: bool = False
-    stop_wanted: bool = False  # a stop asked by begin_stop, started by the loop (batched)
 
 
 class Watcher:
@@ -84,15 +53,11 @@ class Watcher:
         self._stopping = False
         self._tick_now = True
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._wake = WakePipe()
+        self._selector.register(self._wake.read_fd, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, name="procman-watcher", daemon=True)
         # Pausing for a fork: the loop parks between iterations, outside any database call.
-        self._pause_requested = False
-        self._paused = threading.Event()
-        self._resume = threading.Event()
+        self._fork_pause = ForkPause()
         #: Extra periodic work of the loop (the output keeper): returns the seconds until its next run.
         self.periodic: t.Callable[[], float] | None = None
         self._next_periodic = 0.0
@@ -152,12 +117,7 @@ class Watcher:
 
     def wake(self) -> None:
         """Interrupt the loop's wait."""
-        if self._wake_w < 0:  # closed: the fd number may belong to another file by now
-            return
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        self._wake.wake()
 
     def watched(self) -> list[Watched]:
         """The processes followed now, including those not yet picked up by the loop."""
@@ -175,16 +135,11 @@ class Watcher:
         SQLite at the fork leaves its process-wide locks held forever in the child."""
         if not self._thread.is_alive() or threading.current_thread() is self._thread:
             return
-        self._resume.clear()
-        self._paused.clear()
-        self._pause_requested = True
-        self.wake()
-        self._paused.wait(timeout)
+        self._fork_pause.request(self.wake, timeout)
 
     def resume(self) -> None:
         """Let a paused loop go on (in the parent, after the fork)."""
-        self._pause_requested = False
-        self._resume.set()
+        self._fork_pause.resume()
 
     def begin_stop(self, process_id: str) -> None:
         """Start a non-blocking stop (SIGTERM at the loop's next step, SIGKILL after the grace) of a
@@ -201,7 +156,7 @@ class Watcher:
     def stop(self, join: bool = True) -> None:
         """End the loop; the processes keep running."""
         self._stopping = True
-        self._resume.set()
+        self._fork_pause.release()
         self.wake()
         if join and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
@@ -212,21 +167,12 @@ class Watcher:
     def finish_leftovers(self) -> None:
         """After :meth:`stop`: SIGKILL, once their grace is over, what ended jobs left behind (they
         were already sent SIGTERM), instead of dropping them with the loop."""
-        self._leftovers.sweep(force=True)
-        while self._leftovers.unkilled():  # no waiting for the deaths: the manager is going away
-            self._leftovers.step(time.monotonic())
-            time.sleep(0.02)
-        self._leftovers.step(time.monotonic())
+        self._leftovers.finish()
 
     def close(self) -> None:
         """Release the pipe and selector (after :meth:`stop`)."""
         self._selector.close()
-        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1  # a late wake() writes nowhere
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wake.close()  # a late wake() writes nowhere
 
     def abandon_after_fork(self) -> None:
         """In a forked child: drop the parent's fds without touching its processes.
@@ -242,12 +188,12 @@ class Watcher:
                     pass
         self._watched = {}
         self._incoming = []
+        self._wake.close()
         selector_fd = getattr(self._selector, "fileno", lambda: -1)()  # epoll has one; select() not
-        for fd in (self._wake_r, self._wake_w, selector_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(selector_fd)
+        except OSError:
+            pass
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -262,9 +208,8 @@ class Watcher:
         last_tick = -1e9
         next_beat = 0.0
         while not self._stopping:
-            if self._pause_requested:
-                self._paused.set()
-                self._resume.wait()
+            if self._fork_pause.requested:
+                self._fork_pause.park()
                 continue
             try:
                 self._take_incoming()
@@ -279,7 +224,7 @@ class Watcher:
                 timeout = self._wait_time(min(next_tick, last_tick + self.MIN_TICK_GAP) if self._tick_now else next_tick)
                 for key, _ in self._selector.select(timeout):
                     if key.data is None:
-                        self._drain_wake()
+                        self._wake.drain()
                     else:
                         self._on_exit(key.data)
                 self._poll_without_pidfd()
@@ -308,13 +253,6 @@ class Watcher:
         except BaseException as exc:  # SystemExit from a signal receiver must not end the thread
             log.warning("procman: periodic work failed (%s: %s); will retry", type(exc).__name__, exc)
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
     def _wait_time(self, next_tick: float) -> float:
         now = time.monotonic()
         timeout = max(0.0, next_tick - now)
@@ -340,23 +278,13 @@ class Watcher:
         for watched in incoming:
             if watched.process_id in self._watched:
                 continue
-            watched.pidfd = open_pidfd(watched.identity) if not watched.is_child else self._child_pidfd(watched)
+            watched.pidfd = open_pidfd(watched.identity) if not watched.is_child else child_pidfd(watched.identity.pid)
             with self._lock:
                 self._watched[watched.process_id] = watched
             if watched.pidfd is not None:
                 self._selector.register(watched.pidfd, selectors.EVENT_READ, watched)
             elif not watched.is_child and not watched.identity.is_alive():
                 self._on_exit(watched)
-
-    @staticmethod
-    def _child_pidfd(watched: Watched) -> int | None:
-        # Our own unreaped child cannot be replaced by another process: no identity check needed.
-        if not hasattr(os, "pidfd_open"):
-            return None
-        try:
-            return os.pidfd_open(watched.identity.pid)
-        except OSError:
-            return None
 
     def _close_pidfd(self, watched: Watched) -> None:
         if watched.pidfd is not None:
@@ -394,22 +322,12 @@ class Watcher:
             try:
                 code = reap(watched.identity.pid)
                 if code is None:  # pidfd said it ended; the status is on its way
-                    code = self._reap_blocking(watched.identity.pid)
+                    code = reap_blocking(watched.identity.pid)
             except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): use the wrapper's record
                 code = self._client.read_exit_status(watched.process_id)
         else:
             code = self._client.read_exit_status(watched.process_id)
         self._finish(watched, code)
-
-    @staticmethod
-    def _reap_blocking(pid: int) -> int | None:
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            code = reap(pid)
-            if code is not None:
-                return code
-            time.sleep(0.001)
-        return None
 
     def _finish(self, watched: Watched, code: int | None) -> None:
         watched.ended = True
@@ -451,14 +369,6 @@ class Watcher:
                 continue
             self._report(watched, code)
 
-    def _begin_kills(self, batch: list[Watched]) -> None:
-        """SIGTERM to every run of ``batch``, from one listing of the processes."""
-        snapshot = scan_for(w.identity for w in batch)
-        for watched in batch:
-            watched.killer = TreeKiller(watched.identity)
-            watched.killer.terminate(snapshot)
-            watched.kill_at = time.monotonic() + self._stop_timeout
-
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         if self._leftovers.busy():
@@ -478,12 +388,7 @@ class Watcher:
             elif watched.stop_wanted:
                 starting.append(watched)
         if starting:
-            self._begin_kills(starting)
-        due = [w for w in items if w.killer is not None and not w.killed and w.kill_at is not None and now >= w.kill_at]
-        if due:
-            snapshot = scan_for(w.identity for w in due)
-            for watched in due:
-                t.cast(TreeKiller, watched.killer).kill(snapshot)
-                watched.killed = True
+            begin_kills(starting, self._stop_timeout)
+        kill_due(items, now)
         if any(w.killer is not None and w.killed for w, _ in self._pending_ends):
             self._retry_pending_ends()

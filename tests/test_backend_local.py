@@ -54,7 +54,10 @@ def test_a_stop_ends_the_tree_and_a_run_tag_finds_a_live_run(make_app: AppFactor
                           "time.sleep(60)")
     handle = backend.submit(run)
     assert backend.is_alive(handle)
-    found = backend.find(run.run_tag, "sleeper")
+    # Adoption looks for a run long after its spawn; right after it, a loaded machine may not show
+    # the new process's environment in /proc yet (seen once): poll, with a deadline.
+    found = wait_until(lambda: (f := backend.find(run.run_tag, "sleeper")).root is not None and f,
+                       message="the run found by its tag")
     assert found.root is not None and found.root.pid == handle.pid  # what adoption relies on
     assert backend.handle_of({"pid": handle.pid, "pid_started": handle.started, "owner": "", "run_tag": None}) \
         == Identity(handle.pid, handle.started)

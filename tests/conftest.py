@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import typing as t
@@ -44,6 +45,26 @@ def wait_until(predicate: t.Callable[[], t.Any], timeout: float = 10.0, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def answers(url: str) -> bool:
+    """True when ``url`` answers 200 now (a server a test started is up)."""
+    import requests
+
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except (requests.ConnectionError, requests.Timeout):
+        return False
+
+
+def stop_server(proc: subprocess.Popen[t.Any], timeout: float = 30) -> None:
+    """End a server a test started: SIGTERM, then SIGKILL if it has not exited after ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

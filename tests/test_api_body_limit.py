@@ -16,8 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-import requests
-from conftest import free_port, no_control_socket, wait_until
+from conftest import answers, free_port, no_control_socket, stop_server, wait_until
 
 HERE = os.path.dirname(__file__)
 TOKEN = "body-limit-test-token-0123456789"
@@ -50,22 +49,12 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> t.Iterator[tuple[i
                f"run_simple('127.0.0.1', {port}, create_app(), threaded=True)"]
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def up() -> bool:
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/procman/api/health", timeout=5).status_code == 200
-        except (requests.ConnectionError, requests.Timeout):
-            return False
 
     try:
-        wait_until(up, timeout=30, message="server up")
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/procman/api/health"), timeout=30, message="server up")
         yield port, psutil.Process(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def _chunked_post(port: int, chunks: t.Iterable[bytes]) -> tuple[int, bytes, int, float]:

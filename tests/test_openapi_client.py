@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port, wait_until
+from conftest import answers, free_port, stop_server, wait_until
 
 TOKEN = "client-test-token-0123456789"
 BIN = Path(sys.executable).parent
@@ -54,22 +54,12 @@ def _serve(tmp_path: Path, **env: str) -> t.Iterator[str]:
         cwd=tmp_path, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/procman"
 
-    def up() -> bool:
-        try:
-            return requests.get(f"{base}/api/health", timeout=5).status_code == 200
-        except (requests.ConnectionError, requests.Timeout):
-            return False
 
     try:
-        wait_until(up, timeout=30, message="server up")
+        wait_until(lambda: answers(f"{base}/api/health"), timeout=30, message="server up")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def _generate(base: str, out: Path) -> t.Any:

@@ -76,6 +76,7 @@ class Reader:
             "stderr_dropped": 0 if row["merge_stderr"] else logs.first_kept("stderr"),
             "progress": self.read_progress(row, logs),
             "replaced": bool(row.get("replaced")), "run_tag": row.get("run_tag"),
+            "backend": row.get("backend") or "local", "resources": row.get("resources"),
         }
         if with_output:
             tail = settings.output_tail

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import typing as t
 import uuid
 
 import psutil
 import pytest
-from conftest import PY, AppFactory, present, wait_until
+import workerapp
+from conftest import PY, AppFactory, present, stop_everything, wait_until
 from flask import Flask
 from ray_support import TOKEN, WORKER_RESOURCE, RayCluster
 
@@ -195,3 +199,118 @@ def test_os_sees_no_token(cluster_app: Flask) -> None:
     with cluster_app.app_context():
         settings = pm(cluster_app).get_manager().settings
     assert TOKEN not in repr(settings) and os.environ.get("RAY_AUTH_TOKEN") != TOKEN
+
+
+# ---------------------------------------------------------------------- several OS processes
+HERE = os.path.dirname(__file__)
+
+
+class RayWorkers:
+    """Worker subprocesses (tests/workerapp.py) and the test's own app, sharing one SQLite file,
+    one log folder and the session's Ray cluster as backend ``cluster``."""
+
+    def __init__(self, tmp_path: t.Any, cluster: RayCluster, cap: int) -> None:
+        self.tmp_path = tmp_path
+        self.env = {**os.environ, "WORKER_INSTANCE": str(tmp_path / "instance"),
+                    "WORKER_DB": f"sqlite:///{tmp_path / 'db.sqlite3'}", "WORKER_LOGS": str(tmp_path / "logs"),
+                    "WORKER_HANDLER_LOG": str(tmp_path / "handler.log"), "WORKER_CAP": "5",
+                    "WORKER_RAY_ADDRESS": cluster.address, "WORKER_RAY_TOKEN": TOKEN, "WORKER_RAY_CAP": str(cap),
+                    "WORKER_BACKEND": "cluster", "WORKER_STOP_ON_EXIT": "0",
+                    "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.procs: list[subprocess.Popen[str]] = []
+        self.apps: list[Flask] = []
+
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "workerapp.py"), *args], env={**self.env, **env},
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def app(self) -> Flask:
+        old = dict(os.environ)
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("WORKER_")})
+        try:
+            workerapp.procman = ProcMan()
+            workerapp.procman.on_complete("record")(workerapp.record)
+            app = workerapp.create_app()
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        self.apps.append(app)
+        return app
+
+    def handler_runs(self) -> list[list[str]]:
+        path = self.tmp_path / "handler.log"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        for app in self.apps:
+            stop_everything(app)
+
+
+def max_overlap(path: t.Any) -> int:
+    """The most intervals (``start end`` lines) open at one instant."""
+    events: list[tuple[float, int]] = []
+    for line in path.read_text().splitlines():
+        start, end = map(float, line.split())
+        events += [(start, 1), (end, -1)]
+    most = current = 0
+    for _, step in sorted(events):
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_the_cap_and_queue_in_front_of_ray_hold_across_os_processes(tmp_path: t.Any, ray_cluster: RayCluster) -> None:
+    workers = RayWorkers(tmp_path, ray_cluster, cap=1)
+    try:
+        intervals = tmp_path / "intervals"
+        go = tmp_path / "go"
+        procs = [workers.spawn("burst", "2", f"w{n}", "0.5", "queue", WORKER_INTERVALS=str(intervals),
+                               WORKER_GO=str(go)) for n in range(2)]
+        go.write_text("")
+        answers: dict[str, bool] = {}
+        for proc in procs:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err[-3000:]
+            answers.update(json.loads(out.strip().splitlines()[-1]))
+        assert all(answers.values()) and len(answers) == 4
+        assert len(intervals.read_text().splitlines()) == 4
+        assert max_overlap(intervals) == 1  # the cluster's cap of 1, across both OS processes
+        app = workers.app()
+        with app.app_context():
+            finals = [present(pm(app).get_process_status(i)) for i in answers]
+            assert {f["status"] for f in finals} == {"completed"} and {f["backend"] for f in finals} == {"cluster"}
+            assert sum(1 for f in finals if f["status"] == "completed") == 4
+    finally:
+        workers.close()
+
+
+def test_a_worker_killed_while_its_ray_job_runs_is_adopted_without_loss(tmp_path: t.Any, ray_cluster: RayCluster) -> None:
+    workers = RayWorkers(tmp_path, ray_cluster, cap=8)
+    try:
+        process_id = "adopted"
+        worker = workers.spawn("start", f"{process_id}:6.0")
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "started"
+        log = tmp_path / "logs" / process_id / "stdout.log"
+        # Killed once its own mirror has copied part of the output: the adopter resumes from there.
+        wait_until(lambda: log.exists() and b"line 3\n" in log.read_bytes(), timeout=END_DEADLINE,
+                   message="the worker mirrors the first lines")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        app = workers.app()
+        with app.app_context():
+            final = pm(app).get_manager().wait(process_id, timeout=END_DEADLINE)
+            data, _ = pm(app).read_output(process_id, "stdout", 0, 1 << 20)
+        assert (final["status"], final["return_code"]) == ("completed", len(process_id) % 7), final
+        expected = "".join(f"{process_id} line {i}\n" for i in range(30)).encode() + b"bye\n"
+        assert expected in data and data.count(b"line 0\n") == 1 and data.endswith(expected), data[-400:]
+        wait_until(lambda: len(workers.handler_runs()) >= 1, timeout=30, message="the handler")
+        runs = workers.handler_runs()
+        assert [r[0] for r in runs] == [process_id] and runs[0][2] == str(os.getpid())  # once, by the adopter
+    finally:
+        workers.close()

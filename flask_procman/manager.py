@@ -214,9 +214,10 @@ class Manager:
         return self.reader.list_page(status, limit=limit, offset=offset, with_output=with_output)[0]
 
     def list_page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
-                  offset: int = 0, with_output: bool = False) -> tuple[list[dict[str, t.Any]], int]:
-        """A page of status dicts, newest first, and the total number matching."""
-        return self.reader.list_page(status, limit=limit, offset=offset, with_output=with_output)
+                  offset: int = 0, with_output: bool = False,
+                  backend: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
+        """A page of status dicts, newest first, and the total number matching (of ``backend``)."""
+        return self.reader.list_page(status, limit=limit, offset=offset, with_output=with_output, backend=backend)
 
     def stats(self) -> dict[str, t.Any]:
         """``{"running", "queued", "max_processes", "by_status"}``."""

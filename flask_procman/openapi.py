@@ -105,6 +105,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
+                {"name": "backend", "in": "query", "schema": {"type": "string"},
+                 "description": "Only the runs of this backend: 'local' or a PROCMAN_BACKENDS name"},
             ],
             "responses": {"200": _json({"type": "object", "required": ["processes", "total", "limit", "offset"],
                                         "properties": {"processes": {"type": "array", "items": status_ref},

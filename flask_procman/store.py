@@ -214,8 +214,10 @@ class Store:
         return dict(row) if row else None
 
     def page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
-             offset: int = 0, namespace: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
-        """Records newest first, and the total count matching ``status`` (and ``namespace``)."""
+             offset: int = 0, namespace: str | None = None,
+             backend: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
+        """Records newest first, and the total count matching ``status`` (and ``namespace``, and
+        ``backend``: ``"local"`` for this host's engine)."""
         table = self.table
         where: list[sa.ColumnElement[bool]] = []
         if status is not None:
@@ -223,6 +225,8 @@ class Store:
             where.append(table.c.status.in_(statuses))
         if namespace is not None:
             where.append(table.c.namespace == namespace)
+        if backend is not None:
+            where.append(same_backend(table, None if backend == "local" else backend))
         query = sa.select(table).where(*where).order_by(table.c.created_at.desc(), table.c.id.desc())
         if limit is not None:
             query = query.limit(limit)

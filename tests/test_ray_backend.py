@@ -314,3 +314,25 @@ def test_a_worker_killed_while_its_ray_job_runs_is_adopted_without_loss(tmp_path
         assert [r[0] for r in runs] == [process_id] and runs[0][2] == str(os.getpid())  # once, by the adopter
     finally:
         workers.close()
+
+
+def test_the_list_filters_by_backend_and_the_dashboard_offers_the_filter(cluster_app: Flask) -> None:
+    remote, local = new_id(), new_id()
+    with cluster_app.app_context():
+        pm(cluster_app).start_process(remote, [PY, "-c", "pass"], backend="cluster")
+        pm(cluster_app).start_process(local, [PY, "-c", "pass"])
+        wait_final(cluster_app, remote), wait_final(cluster_app, local)
+    client = cluster_app.test_client()
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+
+    def ids(backend: str) -> set[str]:
+        answer = client.get(f"/procman/api/processes?backend={backend}", headers=headers).get_json()
+        return {p["id"] for p in answer["processes"]}
+
+    assert remote in ids("cluster") and local not in ids("cluster")
+    assert local in ids("local") and remote not in ids("local")
+    assert client.get("/procman/api/processes?backend=nope", headers=headers).status_code == 400
+    page = client.get("/procman/", headers=headers).get_data(as_text=True)
+    assert 'id="backend-filter"' in page and '<option value="cluster">cluster</option>' in page
+    schema = client.get("/procman/api/openapi.json", headers=headers).get_json()
+    assert "backend" in schema["components"]["schemas"]["Process"]["properties"]

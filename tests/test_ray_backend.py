@@ -3,23 +3,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import typing as t
 import uuid
 
 import psutil
 import pytest
 import workerapp
-from conftest import PY, AppFactory, present, stop_everything, wait_until
+from conftest import PY, AppFactory, free_port, present, stop_everything, wait_until
 from flask import Flask
 from ray_support import TOKEN, WORKER_RESOURCE, RayCluster
 
 from flask_procman import ProcMan, errors
 from flask_procman.backends import InfeasibleResources
+from flask_procman.backends.ray_jobs import RayJobsBackend
 
 pytestmark = pytest.mark.ray
 
@@ -185,8 +189,6 @@ def test_config_errors_are_clear(make_app: AppFactory) -> None:
 
 
 def test_an_unreachable_head_fails_a_start_clearly(make_app: AppFactory) -> None:
-    from conftest import free_port
-
     app = make_app(PROCMAN_BACKENDS={"gone": {"type": "ray", "address": f"http://127.0.0.1:{free_port()}"}})
     process_id = new_id()
     with app.app_context(), pytest.raises(errors.StartError, match="unreachable"):
@@ -336,3 +338,118 @@ def test_the_list_filters_by_backend_and_the_dashboard_offers_the_filter(cluster
     assert 'id="backend-filter"' in page and '<option value="cluster">cluster</option>' in page
     schema = client.get("/procman/api/openapi.json", headers=headers).get_json()
     assert "backend" in schema["components"]["schemas"]["Process"]["properties"]
+
+
+# ---------------------------------------------------------------------- a head that goes away
+class Proxy:
+    """A TCP relay to the Ray head that the test can cut and restore on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.resume()
+
+    def resume(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def pause(self) -> None:
+        """Refuse new connections and cut the open ones (the head seems gone)."""
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
+            self._listener.close()
+            self._listener = None
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_records_wait_for_a_head_that_went_away_and_settle_when_it_is_back(make_app: AppFactory,
+                                                                           ray_cluster: RayCluster) -> None:
+    head_port = int(ray_cluster.address.rsplit(":", 1)[1])
+    proxy = Proxy(head_port)
+    try:
+        app = make_app(PROCMAN_BACKENDS={"cluster": {"type": "ray", "address": f"http://127.0.0.1:{proxy.port}",
+                                                     "token": TOKEN}})
+        process_id = new_id()
+        code = "import time; print('before', flush=True); time.sleep(2); print('after', flush=True)"
+        with app.app_context():
+            pm(app).start_process(process_id, [PY, "-c", code], backend="cluster")
+            wait_until(lambda: "before" in present(pm(app).get_process_status(process_id))["stdout"],
+                       timeout=END_DEADLINE, message="the first line")
+            tag = present(pm(app).get_process_status(process_id))["run_tag"]
+            proxy.pause()
+            direct = RayJobsBackend(ray_cluster.address, TOKEN)
+            end = wait_until(lambda: direct.end(tag), timeout=END_DEADLINE, message="the job ends in Ray")
+            assert end.status == "completed"
+            status = present(pm(app).get_process_status(process_id))
+            assert status["status"] == "running" and "\nafter\n" not in status["stdout"]  # nothing to know it by
+            with pytest.raises(errors.StartError, match="unreachable"):
+                pm(app).start_process(new_id(), [PY, "-c", "pass"], backend="cluster")
+            proxy.resume()
+            final = pm(app).get_manager().wait(process_id, timeout=END_DEADLINE)
+            direct.close()
+        assert (final["status"], final["return_code"]) == ("completed", 0), final
+        assert final["stdout"].count("\nbefore\n") == 1 and final["stdout"].endswith("\nbefore\nafter\n")
+    finally:
+        proxy.pause()
+
+
+def test_a_starting_record_whose_starter_died_is_adopted_through_its_run_tag(cluster_app: Flask,
+                                                                              ray_cluster: RayCluster) -> None:
+    from flask_procman.engine.identity import owner_id
+    from flask_procman.store import utcnow
+
+    dead = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+    owner = owner_id(socket.gethostname(), dead.pid, "dead")
+    dead.kill()
+    dead.wait()
+    submitted, never = new_id(), new_id()
+    manager = pm(cluster_app).get_manager(cluster_app)
+    with cluster_app.app_context():
+        manager.stats()  # the engine runs
+        for process_id in (submitted, never):
+            record = {"id": process_id, "cmd": [PY, "-c", "print('made it')"], "cwd": None, "env_keys": [],
+                      "merge_stderr": True, "host": manager.host, "owner": owner, "created_at": utcnow(),
+                      "run_tag": uuid.uuid4().hex, "namespace": manager.settings.namespace, "backend": "cluster",
+                      "resources": None}
+            if process_id == submitted:  # the dead starter's submit had arrived
+                manager.remote.backend("cluster").submit(submission_id=record["run_tag"], process_id=process_id,
+                                                         cmd=record["cmd"])
+            assert manager.store.claim(record, 8, False)[0] == "starting"
+        found = manager.wait(submitted, timeout=END_DEADLINE)
+        gone = manager.wait(never, timeout=END_DEADLINE)
+    assert (found["status"], found["return_code"]) == ("completed", 0) and "made it" in found["stdout"], found
+    assert gone["status"] == "failed" and gone["error"], gone

@@ -441,13 +441,14 @@ def test_a_starting_record_whose_starter_died_is_adopted_through_its_run_tag(clu
     with cluster_app.app_context():
         manager.stats()  # the engine runs
         for process_id in (submitted, never):
-            record = {"id": process_id, "cmd": [PY, "-c", "print('made it')"], "cwd": None, "env_keys": [],
+            tag, cmd = uuid.uuid4().hex, [PY, "-c", "print('made it')"]
+            record: dict[str, t.Any] = {
+                      "id": process_id, "cmd": cmd, "cwd": None, "env_keys": [],
                       "merge_stderr": True, "host": manager.host, "owner": owner, "created_at": utcnow(),
-                      "run_tag": uuid.uuid4().hex, "namespace": manager.settings.namespace, "backend": "cluster",
+                      "run_tag": tag, "namespace": manager.settings.namespace, "backend": "cluster",
                       "resources": None}
             if process_id == submitted:  # the dead starter's submit had arrived
-                manager.remote.backend("cluster").submit(submission_id=record["run_tag"], process_id=process_id,
-                                                         cmd=record["cmd"])
+                manager.remote.backend("cluster").submit(submission_id=tag, process_id=process_id, cmd=cmd)
             assert manager.store.claim(record, 8, False)[0] == "starting"
         found = manager.wait(submitted, timeout=END_DEADLINE)
         gone = manager.wait(never, timeout=END_DEADLINE)

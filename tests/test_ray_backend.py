@@ -197,7 +197,7 @@ def test_an_unreachable_head_fails_a_start_clearly(make_app: AppFactory) -> None
         assert present(pm(app).get_process_status(process_id))["status"] == "failed"
 
 
-def test_os_sees_no_token(cluster_app: Flask) -> None:
+def test_the_token_is_not_in_the_settings_repr(cluster_app: Flask) -> None:
     with cluster_app.app_context():
         settings = pm(cluster_app).get_manager().settings
     assert TOKEN not in repr(settings) and os.environ.get("RAY_AUTH_TOKEN") != TOKEN

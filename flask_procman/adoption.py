@@ -56,8 +56,8 @@ class Settler:
         record whose starter died is settled as the start protocol says.
         """
         rt = self._rt
-        if row["host"] != rt.host or row.get("namespace") != rt.settings.namespace:
-            return row
+        if row["host"] != rt.host or row.get("namespace") != rt.settings.namespace or row.get("backend"):
+            return row  # a remote run is settled by the watcher's pass (remote_runs)
         process_id = row["id"]
         if row["status"] == "running" and row["pid"] is not None:
             # Even when our watcher follows it: a stop must not land between its end and the record.

@@ -188,8 +188,7 @@ def dashboard() -> str:
         "procman/dashboard.html",
         api_base=url_for("procman.list_processes").rsplit("/", 1)[0],  # honours SCRIPT_NAME
         # An authorize callback may still accept the token (request_has_valid_token()): offer the form.
-        needs_token=bool(current_app.config.get(ConfigKeys.API_TOKEN)),
-    )
+        needs_token=bool(current_app.config.get(ConfigKeys.API_TOKEN)), backends=["local", *_settings().backends])
 
 
 @bp.get("/api/health")
@@ -214,7 +213,9 @@ def list_processes() -> Response:
         raise ApiError(400, "bad_request", f"'status' must be one of {', '.join(STATUSES)}.")
     limit = int_arg("limit", 50, 1, 500)
     offset = int_arg("offset", 0, 0, MAX_OFFSET)
-    processes, total = current_manager().list_page(status, limit=limit, offset=offset)
+    if (backend := request.args.get("backend") or None) not in (None, "local", *_settings().backends):
+        raise ApiError(400, "bad_request", f"'backend' must be 'local' or one of PROCMAN_BACKENDS, not {backend!r}.")
+    processes, total = current_manager().list_page(status, limit=limit, offset=offset, backend=backend)
     return json_response({"processes": [_status_json(p) for p in processes], "total": total, "limit": limit, "offset": offset})
 
 

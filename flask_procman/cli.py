@@ -324,11 +324,13 @@ _env_option = click.option("--env", "env", multiple=True, callback=_parse_env, m
               help="Bytes each of its logs may hold (default PROCMAN_MAX_LOG_BYTES).")
 @click.option("--max-log-action", type=click.Choice(["truncate", "stop"]), default=None,
               help="At the cap: drop the oldest bytes, or stop it (default PROCMAN_MAX_LOG_ACTION).")
+@click.option("--backend", default=None, metavar="NAME",
+              help="Where it runs: 'local' (default) or a PROCMAN_BACKENDS name (a Ray cluster).")
 @_wait_option
 @_cli_errors
 def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: dict[str, str],
                   timeout: float | None, queue: bool, merge_stderr: bool, progress: str | None,
-                  max_log_bytes: int | None, max_log_action: str | None, wait: bool) -> None:
+                  max_log_bytes: int | None, max_log_action: str | None, backend: str | None, wait: bool) -> None:
     """Start a command as process PROCESS_ID: start ID -- CMD ARGS...
 
     Without --wait it keeps running after this command ends and the web workers record its end;
@@ -337,7 +339,7 @@ def start_command(process_id: str, cmd: tuple[str, ...], cwd: str | None, env: d
     manager = _manager()
     ok = manager.start_process(process_id, list(cmd), cwd, env or None, timeout=timeout, queue=queue,
                                merge_stderr=merge_stderr, progress=progress, max_log_bytes=max_log_bytes,
-                               max_log_action=max_log_action)
+                               max_log_action=max_log_action, backend=backend)
     report_start(manager, process_id, ok, wait)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import re
 import typing as t
 
 if t.TYPE_CHECKING:
@@ -64,6 +65,9 @@ class ConfigKeys:
     #: Seconds a database operation may take before it fails with ``StoreUnavailable`` (default 10;
     #: the connect timeout, TCP keepalives and statement timeout of the engine procman creates).
     DB_TIMEOUT = "PROCMAN_DB_TIMEOUT"
+    #: Engines beside this host's (``local``, always there): ``{name: {"type": "ray", "address":
+    #: "http://head:8265", "token": None, "max_processes": 8}}``; each has its own cap and queue.
+    BACKENDS = "PROCMAN_BACKENDS"
 
 
 #: The default of every key; ``None`` for LOG_DIR and DATABASE_URI means "derived from instance_path".
@@ -87,7 +91,65 @@ DEFAULTS: dict[str, t.Any] = {
     ConfigKeys.MAX_LOG_ACTION: "truncate",
     ConfigKeys.NAMESPACE: None,
     ConfigKeys.DB_TIMEOUT: 10.0,
+    ConfigKeys.BACKENDS: {},
 }
+
+
+#: The name of this host's engine, always configured.
+LOCAL = "local"
+_BACKEND_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """One entry of ``PROCMAN_BACKENDS``, validated (the token is never shown by its repr)."""
+
+    name: str
+    type: str
+    address: str
+    max_processes: int
+    token: str | None = dataclasses.field(default=None, repr=False)
+    check_feasible: bool = True
+
+
+def read_backends(raw: t.Any) -> dict[str, BackendSettings]:
+    """Validate ``PROCMAN_BACKENDS``; each error names the backend and the key."""
+    key = ConfigKeys.BACKENDS
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{key} must be a dict of name -> backend settings, not {raw!r}.")
+    backends: dict[str, BackendSettings] = {}
+    for name, spec in raw.items():
+        where = f"{key}[{name!r}]"
+        if not isinstance(name, str) or not _BACKEND_NAME_RE.fullmatch(name) or name == LOCAL:
+            raise ConfigurationError(f"{key}: {name!r} is not a backend name (1-64 characters [A-Za-z0-9_-]; "
+                                     f"{LOCAL!r} is this host's, always there).")
+        if not isinstance(spec, dict):
+            raise ConfigurationError(f"{where} must be a dict such as {{'type': 'ray', 'address': ...}}.")
+        unknown = set(spec) - {"type", "address", "token", "max_processes", "check_feasible"}
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown settings {sorted(unknown)}.")
+        if spec.get("type") != "ray":
+            raise ConfigurationError(f"{where}: 'type' must be 'ray' (the only remote engine), not {spec.get('type')!r}.")
+        address = spec.get("address")
+        if not isinstance(address, str) or not re.fullmatch(r"https?://[^/\s]+/?", address):
+            raise ConfigurationError(f"{where}: 'address' must be the Ray dashboard's URL such as "
+                                     f"http://head:8265, not {address!r}.")
+        token = spec.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ConfigurationError(f"{where}: 'token' must be a non-empty string or None.")
+        cap = spec.get("max_processes", 8)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ConfigurationError(f"{where}: 'max_processes' must be an integer >= 0, not {cap!r}.")
+        feasible = spec.get("check_feasible", True)
+        if not isinstance(feasible, bool):
+            raise ConfigurationError(f"{where}: 'check_feasible' must be True or False.")
+        try:
+            import requests  # noqa: F401  (the Ray client's only dependency)
+        except ImportError:
+            raise ConfigurationError(f"{where}: the Ray backend needs the 'requests' package: "
+                                     "pip install 'flask-procman[ray]'.") from None
+        backends[name] = BackendSettings(name, "ray", address.rstrip("/"), cap, token, feasible)
+    return backends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +173,14 @@ class Settings:
     max_log_action: str = "truncate"
     namespace: str = ""
     db_timeout: float = 10.0
+    #: The configured remote backends by name (``local`` is not among them).
+    backends: t.Mapping[str, BackendSettings] = dataclasses.field(default_factory=dict)
+
+    def cap_of(self, backend: str | None) -> int:
+        """The cap of ``backend`` (None or ``"local"``: ``max_processes``)."""
+        if backend is None or backend == LOCAL:
+            return self.max_processes
+        return self.backends[backend].max_processes
 
 
 def apply_defaults(app: Flask) -> None:
@@ -204,4 +274,5 @@ def read_settings(app: Flask) -> Settings:
         max_log_action=max_log_action,
         namespace=namespace,
         db_timeout=float(_number(config, ConfigKeys.DB_TIMEOUT, integer=False, minimum=0, strictly_positive=True)),
+        backends=read_backends(config[ConfigKeys.BACKENDS]),
     )

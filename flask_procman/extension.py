@@ -124,16 +124,20 @@ class ProcMan(ManagerFacade):
         progress: str | None = None,
         max_log_bytes: int | None = None,
         max_log_action: str | None = None,
+        backend: str | None = None,
+        resources: t.Mapping[str, t.Any] | None = None,
     ) -> Program:
         """Declare a program that HTTP and ``flask procman run`` may start (before or after init_app).
 
         :param allow_args: callers may append arguments (separate argv items, never a shell).
         :param env_keys: the environment variables callers may set.
-        :param progress, max_log_bytes, max_log_action: as for :meth:`start_process`, for every run.
+        :param progress, max_log_bytes, max_log_action, backend, resources: as for
+            :meth:`start_process`, for every run.
         """
         program = make_program(name, {"cmd": list(cmd), "cwd": cwd, "env": dict(env or {}), "timeout": timeout,
                                       "allow_args": allow_args, "env_keys": list(env_keys), "progress": progress,
-                                      "max_log_bytes": max_log_bytes, "max_log_action": max_log_action})
+                                      "max_log_bytes": max_log_bytes, "max_log_action": max_log_action,
+                                      "backend": backend, "resources": dict(resources) if resources else None})
         self.programs[name] = program
         return program
 

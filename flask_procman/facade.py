@@ -59,6 +59,8 @@ class ManagerFacade:
         progress: str | None = None,
         max_log_bytes: int | None = None,
         max_log_action: str | None = None,
+        backend: str | None = None,
+        resources: t.Mapping[str, t.Any] | None = None,
     ) -> bool:
         """Start ``cmd`` (a list of strings; never a shell) as process ``process_id``.
 
@@ -86,6 +88,10 @@ class ManagerFacade:
         :param max_log_bytes: bytes each of its logs may hold (default ``PROCMAN_MAX_LOG_BYTES``).
         :param max_log_action: ``"truncate"`` (keep the newest bytes) or ``"stop"`` at the cap
             (default ``PROCMAN_MAX_LOG_ACTION``).
+        :param backend: the engine that runs it: ``"local"`` (default) or a ``PROCMAN_BACKENDS``
+            name (a Ray cluster; its output is one merged stream, so ``merge_stderr`` is true).
+        :param resources: what a cluster run reserves: ``{"cpus": 1, "gpus": 1, "memory": "4GiB"}``
+            and any custom resource of the cluster (``{"evalbox": 1}``).
         :return: True when started (or queued); False when the cap is reached and ``queue`` is False.
         :raises InvalidProcessId, InvalidCommand, ProcessExists, StartError, UnknownHandler, StoreUnavailable:
         """
@@ -93,7 +99,7 @@ class ManagerFacade:
             process_id, cmd, cwd, env, on_complete, timeout=timeout, queue=queue,
             merge_stderr=merge_stderr, metadata=metadata, handler=handler, stop_on_teardown=stop_on_teardown,
             progress=progress,
-            max_log_bytes=max_log_bytes, max_log_action=max_log_action,
+            max_log_bytes=max_log_bytes, max_log_action=max_log_action, backend=backend, resources=resources,
         )
 
     def get_process_status(self, process_id: str) -> dict[str, t.Any] | None:

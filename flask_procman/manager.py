@@ -31,6 +31,7 @@ from .engine.outputread import OutputChunk
 from .engine.watcher import Watcher
 from .programs import Program
 from .reads import DEFAULT_READ_LIMIT, Reader, status_to_json
+from .remote_runs import RemoteRuns
 from .runtime import CALLBACK_THREADS, CompletionCallback, Runtime
 from .starting import Starter
 from .stopping import Stopper
@@ -69,10 +70,13 @@ class Manager:
         self.backend = LocalBackend(settings, lambda: self.runtime.watcher)
         self.ends = EndRecorder(self.runtime, extension, self.backend)
         self.settler = Settler(self.runtime, self.ends, self.backend)
+        #: Runs on the remote backends of ``PROCMAN_BACKENDS`` (Ray clusters).
+        self.remote = RemoteRuns(self.runtime, self.ends)
         self.starter = Starter(self.runtime, self.ends, self.backend, extension,
                                launch=lambda record, env: self._launch(record, env),  # late bound: a test seam
-                               bind=lambda process_id, tag: bind_to_context(self, process_id, tag))
-        self.stopper = Stopper(self.runtime, self.ends, self.settler, self.backend)
+                               bind=lambda process_id, tag: bind_to_context(self, process_id, tag),
+                               remote=self.remote)
+        self.stopper = Stopper(self.runtime, self.ends, self.settler, self.backend, self.remote)
         self.reader = Reader(self.runtime, self.settler)
         self._ticks = 0
         self._last_prune = 0.0
@@ -142,12 +146,15 @@ class Manager:
         progress: str | None = None,
         max_log_bytes: int | None = None,
         max_log_action: str | None = None,
+        backend: str | None = None,
+        resources: t.Mapping[str, t.Any] | None = None,
     ) -> bool:
         """Start ``cmd``; see :meth:`flask_procman.ProcMan.start_process`."""
         return self.starter.start_process(
             process_id, cmd, cwd, env, on_complete, timeout=timeout, queue=queue, merge_stderr=merge_stderr,
             metadata=metadata, handler=handler, program=program, stop_on_teardown=stop_on_teardown,
-            progress=progress, max_log_bytes=max_log_bytes, max_log_action=max_log_action)
+            progress=progress, max_log_bytes=max_log_bytes, max_log_action=max_log_action,
+            backend=backend, resources=resources)
 
     def _launch(self, record: t.Mapping[str, t.Any], overrides: dict[str, str]) -> Identity:
         """Submit a claimed record's run to the backend (tests replace it to hold a start mid-way)."""
@@ -207,9 +214,10 @@ class Manager:
         return self.reader.list_page(status, limit=limit, offset=offset, with_output=with_output)[0]
 
     def list_page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
-                  offset: int = 0, with_output: bool = False) -> tuple[list[dict[str, t.Any]], int]:
-        """A page of status dicts, newest first, and the total number matching."""
-        return self.reader.list_page(status, limit=limit, offset=offset, with_output=with_output)
+                  offset: int = 0, with_output: bool = False,
+                  backend: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
+        """A page of status dicts, newest first, and the total number matching (of ``backend``)."""
+        return self.reader.list_page(status, limit=limit, offset=offset, with_output=with_output, backend=backend)
 
     def stats(self) -> dict[str, t.Any]:
         """``{"running", "queued", "max_processes", "by_status"}``."""
@@ -277,14 +285,16 @@ class Manager:
         abandoned starts, queue promotion, adoption, abandoned handlers, pruning."""
         self._ticks += 1
         rt = self.runtime
-        rows = rt.store.active_on_host(self.host, self.settings.namespace)
-        self.ends.dispatch_orphaned_callbacks({r["id"] for r in rows})
+        every = rt.store.active_on_host(self.host, self.settings.namespace)
+        self.ends.dispatch_orphaned_callbacks({r["id"] for r in every})
+        rows = [r for r in every if not r["backend"]]  # remote runs are followed by self.remote
         self.stopper.begin_deferred(rows)
         owner_dead = owner_checker()
         self.settler.settle_abandoned_starts(rows, owner_dead)
+        self.remote.poll([r for r in every if r["backend"]], owner_dead, adopt=not rt.cli_mode)
         if rt.cli_mode:
             return
-        if any(r["status"] == "queued" for r in rows):
+        if any(r["status"] == "queued" for r in every):
             self.starter.promote_queued()
         self.settler.adopt_orphans(rows, owner_dead)
         if self._ticks % 10 == 1:

@@ -105,6 +105,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}},
+                {"name": "backend", "in": "query", "schema": {"type": "string"},
+                 "description": "Only the runs of this backend: 'local' or a PROCMAN_BACKENDS name"},
             ],
             "responses": {"200": _json({"type": "object", "required": ["processes", "total", "limit", "offset"],
                                         "properties": {"processes": {"type": "array", "items": status_ref},
@@ -258,7 +260,8 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "cwd": {"type": ["string", "null"]}, "timeout": {"type": ["number", "null"]},
                     "allow_args": {"type": "boolean"}, "env_keys": {"type": "array", "items": {"type": "string"}},
                     "progress": {"type": ["string", "null"]}, "max_log_bytes": {"type": ["integer", "null"]},
-                    "max_log_action": {"type": ["string", "null"]}}},
+                    "max_log_action": {"type": ["string", "null"]}, "backend": {"type": ["string", "null"]},
+                    "resources": {"type": ["object", "null"]}}},
                 "Process": {"type": "object", "required": ["id", "status", "cmd"], "properties": {
                     "id": {"type": "string"}, "status": {"type": "string", "examples": list(STATUSES),
                                                          "description": "One of " + ", ".join(STATUSES)},
@@ -274,7 +277,10 @@ def build_document(prefix: str, programs: t.Sequence[str] = ()) -> dict[str, t.A
                     "timeout": {"type": ["number", "null"]},
                     "survivors": {"type": "array", "items": {"type": "integer"}},
                     "stdout_dropped": {"type": "integer"}, "stderr_dropped": {"type": "integer"},
-                    "progress": progress, "replaced": {"type": "boolean"}, "run_tag": {"type": ["string", "null"]}}},
+                    "progress": progress, "replaced": {"type": "boolean"}, "run_tag": {"type": ["string", "null"]},
+                    "backend": {"type": "string", "description": "The engine that runs it: 'local' or a "
+                                "PROCMAN_BACKENDS name (a Ray cluster; its run tag is the Ray job's submission id)"},
+                    "resources": {"type": ["object", "null"], "description": "What it reserves on its cluster"}}},
             },
         },
     }

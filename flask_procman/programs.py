@@ -25,6 +25,9 @@ class Program:
     #: Cap of each log of a run, and what to do at it (default: ``PROCMAN_MAX_LOG_*``).
     max_log_bytes: int | None = None
     max_log_action: str | None = None
+    #: The engine that runs it (a ``PROCMAN_BACKENDS`` name; None: local) and what it asks of it.
+    backend: str | None = None
+    resources: t.Mapping[str, t.Any] | None = None
 
     def build(self, args: t.Sequence[str] = (), env: t.Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
         """The argv and env overrides of one run; args and env only where the program allows them.
@@ -57,7 +60,8 @@ class Program:
             "env_keys": list(self.env_keys),
             # Output options only when chosen (the app's PROCMAN_MAX_LOG_* apply otherwise).
             **{k: v for k, v in (("progress", self.progress), ("max_log_bytes", self.max_log_bytes),
-                                 ("max_log_action", self.max_log_action)) if v is not None},
+                                 ("max_log_action", self.max_log_action), ("backend", self.backend),
+                                 ("resources", dict(self.resources) if self.resources else None)) if v is not None},
         }
 
 
@@ -67,7 +71,7 @@ def make_program(name: str, spec: t.Mapping[str, t.Any]) -> Program:
     if not isinstance(name, str) or not name or len(name) > 128:
         raise ConfigurationError(f"Program names must be non-empty strings, not {name!r}.")
     unknown = set(spec) - {"cmd", "cwd", "env", "timeout", "allow_args", "env_keys", "progress", "max_log_bytes",
-                           "max_log_action"}
+                           "max_log_action", "backend", "resources"}
     if unknown:
         raise ConfigurationError(f"{where}: unknown settings {sorted(unknown)}.")
     cmd = spec.get("cmd")
@@ -92,5 +96,12 @@ def make_program(name: str, spec: t.Mapping[str, t.Any]) -> Program:
         check_options(spec.get("progress"), spec.get("max_log_bytes"), spec.get("max_log_action"))
     except InvalidCommand as exc:
         raise ConfigurationError(f"{where}: {exc}") from None
+    backend = spec.get("backend")
+    if backend is not None and (not isinstance(backend, str) or not backend):
+        raise ConfigurationError(f"{where}: 'backend' must be a backend name (PROCMAN_BACKENDS) or None.")
+    resources = spec.get("resources")
+    if resources is not None and not isinstance(resources, dict):
+        raise ConfigurationError(f"{where}: 'resources' must be a dict such as {{'cpus': 1, 'gpus': 1}} or None.")
     return Program(name, tuple(cmd), cwd, dict(env), float(timeout) if timeout else None, allow_args, tuple(env_keys),
-                   spec.get("progress"), spec.get("max_log_bytes"), spec.get("max_log_action"))
+                   spec.get("progress"), spec.get("max_log_bytes"), spec.get("max_log_action"),
+                   None if backend == "local" else backend, dict(resources) if resources else None)

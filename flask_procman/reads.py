@@ -76,6 +76,7 @@ class Reader:
             "stderr_dropped": 0 if row["merge_stderr"] else logs.first_kept("stderr"),
             "progress": self.read_progress(row, logs),
             "replaced": bool(row.get("replaced")), "run_tag": row.get("run_tag"),
+            "backend": row.get("backend") or "local", "resources": row.get("resources"),
         }
         if with_output:
             tail = settings.output_tail
@@ -119,7 +120,8 @@ class Reader:
         return timeindex.covering(timeindex.load(logs.path(stream)), start, end)
 
     def list_page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
-                  offset: int = 0, with_output: bool = False) -> tuple[list[dict[str, t.Any]], int]:
+                  offset: int = 0, with_output: bool = False,
+                  backend: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
         """A page of status dicts, newest first, and the total number matching."""
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
@@ -128,7 +130,8 @@ class Reader:
                 raise errors.InvalidCommand(f"unknown status {unknown}; statuses are {list(ACTIVE + FINAL)}.")
         rt = self._rt
         rt.ensure_for_reads()
-        rows, total = rt.store.page(status, limit=limit, offset=offset, namespace=rt.settings.namespace)
+        rows, total = rt.store.page(status, limit=limit, offset=offset, namespace=rt.settings.namespace,
+                                    backend=backend)
         rows = [self._settler.settle_if_stale(r) for r in rows]
         return [self.to_status(r, with_output=with_output) for r in rows], total
 

@@ -78,6 +78,8 @@ def make_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("namespace", sa.String(64), index=True),  # the app the record belongs to (shared tables)
         sa.Column("via_queue", sa.Boolean),  # it waited in the queue: an unfinished promotion goes back there
         sa.Column("replaced", sa.Boolean),  # its start replaced the finished record of an earlier run
+        sa.Column("backend", sa.String(64)),  # the engine that runs it (PROCMAN_BACKENDS); NULL: local
+        sa.Column("resources", sa.JSON),  # what it asked of that engine ({"cpus": 1, "evalbox": 1})
     )
 
 

@@ -24,6 +24,7 @@ if t.TYPE_CHECKING:
     from .backends.base import Backend
     from .ends import EndRecorder
     from .extension import ProcMan
+    from .remote_runs import RemoteRuns
     from .runtime import CompletionCallback, Runtime
 
 log = logging.getLogger("flask_procman")
@@ -37,8 +38,9 @@ class Starter:
     inside a transaction, and never leaves a run that no committed record names."""
 
     def __init__(self, runtime: Runtime, ends: EndRecorder, backend: Backend[t.Any], extension: ProcMan, *,
-                 launch: Launch, bind: t.Callable[[str, str | None], None]) -> None:
+                 launch: Launch, bind: t.Callable[[str, str | None], None], remote: RemoteRuns) -> None:
         self._rt = runtime
+        self._remote = remote
         self._ends = ends
         self._backend = backend
         self._extension = extension
@@ -56,6 +58,7 @@ class Starter:
         metadata: t.Mapping[str, t.Any] | None = None, handler: str | None = None,
         program: str | None = None, stop_on_teardown: bool = False, progress: str | None = None,
         max_log_bytes: int | None = None, max_log_action: str | None = None,
+        backend: str | None = None, resources: t.Mapping[str, t.Any] | None = None,
     ) -> bool:
         """Start ``cmd``; see :meth:`flask_procman.ProcMan.start_process`."""
         rt = self._rt
@@ -75,6 +78,10 @@ class Starter:
             )
         meta = check_metadata(metadata)
         output_options = outputopts.check_options(progress, max_log_bytes, max_log_action)
+        wanted = self._remote.check(backend, resources)
+        remote = backend if backend not in (None, "local") else None
+        if remote is not None:
+            merge_stderr = True  # Ray keeps one merged stream
         rt.ensure()
         record = {
             "id": process_id, "cmd": argv, "cwd": workdir, "env_keys": sorted(overrides),
@@ -83,7 +90,7 @@ class Starter:
             "return_code": None, "pid": None, "pid_started": None, "started_at": None,
             "finished_at": None, "stop_requested": None, "error": None, "survivors": None,
             "handler_state": None, "run_tag": new_tag(), "output_options": output_options,
-            "namespace": rt.settings.namespace,
+            "namespace": rt.settings.namespace, "backend": remote, "resources": wanted,
         }
         logs = LogFiles(rt.settings.log_dir, process_id)
         # While in flight, our own watcher leaves the ``starting`` record alone; afterwards a record
@@ -93,7 +100,7 @@ class Starter:
         try:
             try:
                 status, _replaced = rt.store.claim(
-                    record, rt.settings.max_processes, queue,
+                    record, rt.settings.cap_of(remote), queue,
                     on_queued=(lambda: logs.write_env(overrides)) if overrides else None,
                     on_replace=logs.remove,  # the new run never shows a byte of the old one
                 )
@@ -122,15 +129,21 @@ class Starter:
         """The watcher's pass: claim the free slots for the oldest queued starts of this host and
         start them (a database failure leaves them ``starting``, settled on a later tick)."""
         rt = self._rt
-        for record in rt.store.promote(rt.host, rt.settings.max_processes, rt.owner, rt.settings.namespace):
-            rt.in_flight.add(record["id"])
-            try:
-                overrides = LogFiles(rt.settings.log_dir, record["id"]).read_env() or {}
-                self._spawn_claimed(record, overrides, promoted=True)
-            except errors.StoreUnavailable as exc:  # settled (back to the queue) on a later tick
-                log.warning("procman: could not start the promoted %s (%s); will retry", record["id"], exc)
-            finally:
-                rt.in_flight.discard(record["id"])
+        for backend in [None, *self._remote.names()]:
+            for record in rt.store.promote(rt.host, rt.settings.cap_of(backend), rt.owner, rt.settings.namespace,
+                                           backend):
+                self._start_promoted(record)
+
+    def _start_promoted(self, record: dict[str, t.Any]) -> None:
+        rt = self._rt
+        rt.in_flight.add(record["id"])
+        try:
+            overrides = LogFiles(rt.settings.log_dir, record["id"]).read_env() or {}
+            self._spawn_claimed(record, overrides, promoted=True)
+        except errors.StoreUnavailable as exc:  # settled (back to the queue) on a later tick
+            log.warning("procman: could not start the promoted %s (%s); will retry", record["id"], exc)
+        finally:
+            rt.in_flight.discard(record["id"])
 
     def _spawn_claimed(self, record: t.Mapping[str, t.Any], overrides: dict[str, str], *, promoted: bool) -> None:
         """Steps 2 and 3 of the start protocol for a committed ``starting`` record of ours: submit
@@ -141,6 +154,9 @@ class Starter:
         database failure: its run is adopted through its run tag once the database is back.
         """
         rt = self._rt
+        if record.get("backend"):
+            self._remote.start_claimed(record, overrides, promoted=promoted)
+            return
         process_id = record["id"]
         logs = LogFiles(rt.settings.log_dir, process_id)
         try:
@@ -207,5 +223,6 @@ class Starter:
                 process_id = uuid.uuid4().hex
         ok = self.start_process(process_id, argv, program.cwd, overrides, timeout=program.timeout, queue=queue,
                                 metadata=metadata, handler=handler, program=name, progress=program.progress,
-                                max_log_bytes=program.max_log_bytes, max_log_action=program.max_log_action)
+                                max_log_bytes=program.max_log_bytes, max_log_action=program.max_log_action,
+                                backend=program.backend, resources=program.resources)
         return process_id, ok

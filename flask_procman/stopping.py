@@ -17,6 +17,7 @@ if t.TYPE_CHECKING:
     from .backends.base import Backend
     from .ends import EndRecorder
     from .engine.watcher import Watched
+    from .remote_runs import RemoteRuns
     from .runtime import Runtime
 
 #: ``stop_requested`` values the owner's watcher carries out without anyone waiting (see ``begin_deferred``).
@@ -26,8 +27,10 @@ DEFERRED_STOPS = ("stop-request", TEARDOWN_REASON)
 class Stopper:
     """Every way a process is stopped; each records its end through the :class:`EndRecorder`."""
 
-    def __init__(self, runtime: Runtime, ends: EndRecorder, settler: Settler, backend: Backend[t.Any]) -> None:
+    def __init__(self, runtime: Runtime, ends: EndRecorder, settler: Settler, backend: Backend[t.Any],
+                 remote: RemoteRuns) -> None:
         self._rt = runtime
+        self._remote = remote
         self._ends = ends
         self._settler = settler
         self._backend = backend
@@ -90,7 +93,8 @@ class Stopper:
         if watcher is None:
             return
         for row in rows:
-            if row["status"] == "running" and row["owner"] == rt.owner and row["stop_requested"] in DEFERRED_STOPS:
+            if row["status"] == "running" and row["owner"] == rt.owner and row["stop_requested"] in DEFERRED_STOPS \
+                    and not row.get("backend"):
                 watcher.begin_stop(row["id"])
 
     def request_timeout_stop(self, process_id: str) -> None:
@@ -136,6 +140,10 @@ class Stopper:
         for process_id in process_ids:
             row = self._wait_for_pid(process_id)
             if row is None or row["status"] in FINAL:
+                continue
+            if row.get("backend"):  # a Ray job: stopped through its head from here, whatever the host
+                if row["status"] == "running" and self._remote.stop_now(row, grace):
+                    ended.append(process_id)
                 continue
             if row["host"] != rt.host:
                 rt.store.update(process_id, expect_status=["running"], stop_requested="stop-request")
@@ -183,7 +191,8 @@ class Stopper:
         deadline = time.monotonic() + wait
         while True:
             row = self._rt.store.get(process_id)
-            if row is None or row["status"] in FINAL or row["pid"] is not None or time.monotonic() > deadline:
+            if row is None or row["status"] in FINAL or row["pid"] is not None or time.monotonic() > deadline \
+                    or (row.get("backend") and row["status"] == "running"):  # a Ray run has no pid
                 return row
             row = self._settler.settle_if_stale(row)
             time.sleep(0.01)

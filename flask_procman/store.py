@@ -23,6 +23,11 @@ __all__ = ["ACTIVE", "FINAL", "HOLDING", "STATUSES", "TABLE_NAME", "Store", "UTC
            "make_table", "utcnow", "with_utc_times"]
 
 
+def same_backend(table: sa.Table, backend: str | None) -> sa.ColumnElement[bool]:
+    """Records run by ``backend`` (None: the local engine, whose records have a NULL ``backend``)."""
+    return table.c.backend.is_(None) if backend is None else table.c.backend == backend
+
+
 def _lock_key(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
@@ -209,8 +214,10 @@ class Store:
         return dict(row) if row else None
 
     def page(self, status: str | t.Sequence[str] | None = None, *, limit: int | None = None,
-             offset: int = 0, namespace: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
-        """Records newest first, and the total count matching ``status`` (and ``namespace``)."""
+             offset: int = 0, namespace: str | None = None,
+             backend: str | None = None) -> tuple[list[dict[str, t.Any]], int]:
+        """Records newest first, and the total count matching ``status`` (and ``namespace``, and
+        ``backend``: ``"local"`` for this host's engine)."""
         table = self.table
         where: list[sa.ColumnElement[bool]] = []
         if status is not None:
@@ -218,6 +225,8 @@ class Store:
             where.append(table.c.status.in_(statuses))
         if namespace is not None:
             where.append(table.c.namespace == namespace)
+        if backend is not None:
+            where.append(same_backend(table, None if backend == "local" else backend))
         query = sa.select(table).where(*where).order_by(table.c.created_at.desc(), table.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
@@ -245,7 +254,7 @@ class Store:
         query = (
             sa.select(table.c.id, table.c.status, table.c.owner, table.c.pid, table.c.pid_started,
                       table.c.stop_requested, table.c.handler, table.c.timeout, table.c.started_at,
-                      table.c.run_tag, table.c.via_queue)
+                      table.c.run_tag, table.c.via_queue, table.c.backend)
             .where(table.c.host == host, table.c.status.in_(ACTIVE), table.c.namespace == namespace)
             .order_by(table.c.created_at, table.c.id)
         )
@@ -270,7 +279,8 @@ class Store:
 
         Returns the status given (or None) and whether a finished record of the same id was
         replaced; a live one raises ``KeyError``. The cap counts the records of ``record["namespace"]``
-        (one app). Queued records are first in line: a direct start only gets a slot when
+        (one app) run by ``record["backend"]`` (each backend has its own cap and queue). Queued
+        records are first in line: a direct start only gets a slot when
         starting + running + queued < cap. Nothing is spawned here (the start protocol, DESIGN.md):
         the caller spawns after the commit and then sets the pid with :meth:`update`.
         ``on_replace`` runs before the commit when an old record is replaced (its log files go
@@ -285,7 +295,8 @@ class Store:
                 raise KeyError(record["id"])
             busy = conn.execute(
                 sa.select(sa.func.count()).select_from(table)
-                .where(table.c.status.in_(ACTIVE), table.c.namespace == namespace)
+                .where(table.c.status.in_(ACTIVE), table.c.namespace == namespace,
+                       same_backend(table, record.get("backend")))
             ).scalar_one()
             if int(busy) < cap:
                 status = "starting"
@@ -304,14 +315,17 @@ class Store:
             conn.execute(table.insert(), values)  # executemany-style: no per-call statement building
             return status, existing is not None
 
-    def promote(self, host: str, cap: int, owner: str, namespace: str) -> list[dict[str, t.Any]]:
-        """Move the oldest queued records of ``host`` in ``namespace`` to ``starting`` under ``owner``,
-        as many as free slots allow; returns the records this call won (each UPDATE is checked)."""
+    def promote(self, host: str, cap: int, owner: str, namespace: str,
+                backend: str | None = None) -> list[dict[str, t.Any]]:
+        """Move the oldest queued records of ``host`` in ``namespace`` run by ``backend`` to ``starting``
+        under ``owner``, as many as that backend's free slots allow; returns the records this call won
+        (each UPDATE is checked)."""
         table = self.table
         with self.transaction(exclusive=True) as conn:
             holding = conn.execute(
                 sa.select(sa.func.count()).select_from(table)
-                .where(table.c.status.in_(HOLDING), table.c.namespace == namespace)
+                .where(table.c.status.in_(HOLDING), table.c.namespace == namespace,
+                       same_backend(table, backend))
             ).scalar_one()
             free = cap - int(holding)
             if free <= 0:
@@ -319,7 +333,7 @@ class Store:
             rows = [
                 dict(r) for r in conn.execute(
                     sa.select(table).where(table.c.status == "queued", table.c.host == host,
-                                           table.c.namespace == namespace)
+                                           table.c.namespace == namespace, same_backend(table, backend))
                     .order_by(table.c.created_at, table.c.id).limit(free)
                 ).mappings()
             ]

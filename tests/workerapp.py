@@ -1,7 +1,9 @@
 """A small app that tests run as separate OS processes (workers) sharing one database and log folder.
 
 Configured from the environment: WORKER_INSTANCE, WORKER_DB, WORKER_LOGS, WORKER_CAP, WORKER_STOP_ON_EXIT,
-WORKER_TOKEN, WORKER_HANDLER_LOG (a file the durable handler appends ``id rc`` lines to).
+WORKER_TOKEN, WORKER_HANDLER_LOG (a file the durable handler appends ``id rc`` lines to); with
+WORKER_RAY_ADDRESS (and WORKER_RAY_TOKEN, WORKER_RAY_CAP) a Ray backend ``cluster``, which
+WORKER_BACKEND=cluster makes ``burst`` and ``start`` use.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def create_app() -> Flask:
         PROCMAN_PROGRAMS={"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]},
                           "quick": {"cmd": [sys.executable, "-c", "print('done')"]}},
     )
+    if os.environ.get("WORKER_RAY_ADDRESS"):  # the Ray cluster of tests/ray_support.py as backend "cluster"
+        app.config["PROCMAN_BACKENDS"] = {"cluster": {
+            "type": "ray", "address": os.environ["WORKER_RAY_ADDRESS"], "token": os.environ.get("WORKER_RAY_TOKEN"),
+            "max_processes": int(os.environ.get("WORKER_RAY_CAP", "8"))}}
     procman.init_app(app)
     if os.environ.get("WORKER_USE_AT_IMPORT") == "1":
         # As an app that touches the manager while loading (in a `gunicorn --preload` master,
@@ -76,7 +82,9 @@ def main(argv: list[str]) -> None:
             intervals = os.environ["WORKER_INTERVALS"]
             script = f't0=$(date +%s.%N); sleep {seconds}; echo "$t0 $(date +%s.%N)" >> "$1"'
             cmd = ["sh", "-c", script, "sh", intervals]
-            answers = {f"{prefix}-{i}": procman.start_process(f"{prefix}-{i}", cmd, queue=queue) for i in range(count)}
+            backend = os.environ.get("WORKER_BACKEND")
+            answers = {f"{prefix}-{i}": procman.start_process(f"{prefix}-{i}", cmd, queue=queue, backend=backend)
+                       for i in range(count)}
             for process_id, ok in answers.items():
                 if ok:
                     procman.wait(process_id, timeout=120)
@@ -91,7 +99,8 @@ def main(argv: list[str]) -> None:
                     f"time.sleep({float(duration)} / 30)\n"
                     f"sys.stderr.write('bye\\n'); sys.exit({len(process_id) % 7})"
                 )
-                if not procman.start_process(process_id, [sys.executable, "-c", code], handler="record"):
+                if not procman.start_process(process_id, [sys.executable, "-c", code], handler="record",
+                                             backend=os.environ.get("WORKER_BACKEND")):
                     raise SystemExit(f"cap reached for {process_id}")
             print("started", flush=True)
             sys.stdin.read()  # stay until the test closes stdin (or kills us)

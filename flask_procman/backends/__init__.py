@@ -3,8 +3,9 @@
 The local engine lives in :mod:`flask_procman.engine`. Each remote backend's client library is
 imported only when that backend is used, and installed by its extra (``flask-procman[ray]``).
 
-Where this is going (issue 11; the manager does not use this package yet). The seam both engines
-fit, with records, caps, queues, handlers and reads staying above it::
+Where this is going (issue 11). The manager uses the Ray modules through
+:mod:`flask_procman.remote_runs`; the seam both engines should one day fit, with records, caps,
+queues, handlers and reads staying above it::
 
     class Backend(Protocol):
         name: str                      # "local", or the PROCMAN_BACKENDS key

@@ -118,6 +118,7 @@
 
   const state = {
     status: "",
+    backend: "",
     limit: 25,
     offset: 0,
     total: 0,
@@ -628,11 +629,13 @@
     state.inflight = true;
     clearTimeout(state.timer);
     const query = { status: state.status, limit: state.limit, offset: state.offset };
+    if (state.backend) query.backend = state.backend;
     try {
       const [stats, list] = await Promise.all([api("/stats", { lock: true }), api("/processes", { query, lock: true })]);
       renderStats(stats);
       // Filters may have changed while the request ran: only render a matching answer.
-      if (query.status === state.status && query.limit === state.limit && query.offset === state.offset) {
+      if (query.status === state.status && query.limit === state.limit && query.offset === state.offset &&
+          (query.backend || "") === state.backend) {
         if (renderList(list)) state.again = true;
       } else {
         state.again = true;
@@ -758,11 +761,13 @@
     const [, program, status, progress, pid, started, duration, rc, cmd] = tr.cells;
     if (window.ProcmanProgress) window.ProcmanProgress.update(progress.firstChild, p.progress, p.status === "running", false);
     setAttr(tr, "data-status", p.status);
+    // A run on a cluster backend says where: "eval · cluster".
+    const where = p.backend && p.backend !== "local" ? ` · ${p.backend}` : "";
     if (p.program) {
-      setText(program, p.program);
+      setText(program, p.program + where);
       program.classList.remove("muted");
     } else {
-      setText(program, "ad hoc");
+      setText(program, "ad hoc" + where);
       program.classList.add("muted");
     }
     const pill = status.firstChild;
@@ -871,6 +876,14 @@
       }
     });
     el.statusFilter.addEventListener("change", () => setFilter(el.statusFilter.value));
+    const backendFilter = $("backend-filter");
+    if (backendFilter) {
+      backendFilter.addEventListener("change", () => {
+        state.backend = backendFilter.value;
+        state.offset = 0;
+        refresh();
+      });
+    }
     for (const button of document.querySelectorAll(".stat[data-filter]")) {
       button.addEventListener("click", () => {
         const f = button.dataset.filter;

@@ -90,15 +90,32 @@ class Settler:
                 self.settle_starting(row)
 
     def adopt_orphans(self, rows: t.Iterable[t.Mapping[str, t.Any]], owner_dead: t.Callable[[str | None], bool]) -> None:
-        """Adopt every ``running`` record of this host whose manager died and that nobody here follows."""
+        """Adopt every ``running`` record of this host whose manager died and that nobody here
+        follows; and settle our own ``running`` records that our watcher does not follow."""
         rt = self._rt
         watcher = rt.watcher
         for row in rows:
             owner = row["owner"]
-            if row["status"] == "running" and owner and owner != rt.owner \
-                    and (watcher is None or not watcher.is_watching(row["id"])):
+            if row["status"] != "running" or not owner or (watcher is not None and watcher.is_watching(row["id"])):
+                continue
+            if owner != rt.owner:
                 if owner_dead(owner):
                     self.adopt(row, owner)
+            elif watcher is not None and row["id"] not in rt.in_flight:
+                self._settle_unfollowed(row)
+
+    def _settle_unfollowed(self, row: t.Mapping[str, t.Any]) -> None:
+        """A ``running`` record of ours that our watcher does not follow, and no start of ours is
+        in flight for: the commit of its pid reached the database although the starter was told it
+        failed (the answer was lost), and the starter stopped the process. Follow it if it runs
+        after all; otherwise record its end, so that it never stays ``running`` with nobody to settle it."""
+        process_id = row["id"]
+        handle = self._backend.handle_of(row)
+        if handle is not None and self._backend.is_alive(handle):
+            log.warning("procman: following %s (pid %s), whose start was thought to have failed", process_id, row["pid"])
+            self._backend.follow(process_id, handle, own=False, timeout_left=None)
+            return
+        self._ends.record_end(process_id, self._backend.read_exit_status(process_id))
 
     def adopt(self, row: t.Mapping[str, t.Any], old_owner: str) -> None:
         """Take over a running process whose manager died: follow it and record its real end."""

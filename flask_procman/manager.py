@@ -291,12 +291,14 @@ class Manager:
         self.stopper.begin_deferred(rows)
         owner_dead = owner_checker()
         self.settler.settle_abandoned_starts(rows, owner_dead)
-        self.remote.poll([r for r in every if r["backend"]], owner_dead, adopt=not rt.cli_mode)
+        remote = [r for r in every if r["backend"]]
         if rt.cli_mode:
+            self.remote.poll(remote, owner_dead, adopt=False)
             return
         if any(r["status"] == "queued" for r in every):
             self.starter.promote_queued()
         self.settler.adopt_orphans(rows, owner_dead)
+        self.remote.poll(remote, owner_dead, adopt=True)  # after the local work: it waits on HTTP
         if self._ticks % 10 == 1:
             self.ends.run_abandoned_handlers()
         now = time.monotonic()

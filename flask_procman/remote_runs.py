@@ -172,6 +172,8 @@ class RemoteRuns:
                 if isinstance(exc, BackendUnavailable):
                     unavailable.add(name)
                 self._warn(name, f"procman: backend {name!r}: {exc}")
+            except Exception:  # one bad answer or a full disk must not stop the other rows or the tick
+                log.exception("procman: could not follow the run %s on backend %r", row["id"], name)
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -152,6 +152,38 @@ def test_a_direct_start_undone_by_the_database_leaves_no_zombie(make_app: AppFac
         assert final["status"] == "failed" and final["error"] == NEVER_STARTED
 
 
+def test_a_pid_commit_whose_answer_was_lost_is_settled(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit of the pid reaches the database but its answer is lost (a cut connection), and
+    the follow-up write fails too: the starter is told the start failed and stops its process, while
+    the record says ``running``. Our own watcher must settle that record (it follows no such
+    process), not leave it ``running`` (holding a slot) until this worker dies."""
+    app = make_app()
+    pm = _manager(app)
+    original = pm.store.update
+    spawned: list[int] = []
+
+    def update(process_id: str, **kwargs: t.Any) -> bool:
+        if process_id == "ambiguous" and kwargs.get("status") == "running":
+            original(process_id, **kwargs)  # committed...
+            spawned.append(kwargs["pid"])
+            raise StoreUnavailable("The process database cannot be reached (test).")  # ...answer lost
+        if process_id == "ambiguous" and kwargs.get("status") == "failed":
+            raise StoreUnavailable("The process database cannot be reached (test).")  # still down
+        return original(process_id, **kwargs)
+
+    with app.app_context():
+        pm.stats()
+        monkeypatch.setattr(pm.store, "update", update)
+        with pytest.raises(StoreUnavailable):
+            pm.start_process("ambiguous", ["sleep", "60"])
+        assert spawned
+        assert present(pm.store.get("ambiguous"))["status"] == "running"  # what the lost answer left
+        monkeypatch.setattr(pm.store, "update", original)
+        final = pm.wait("ambiguous", timeout=20)
+        assert final["status"] == "lost", final
+        assert processes_with_tag(final["run_tag"]) == []  # and nothing of the run is left
+
+
 def test_a_promotion_whose_pid_cannot_be_committed_goes_back_to_the_queue(make_app: AppFactory,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The database fails between a promotion's spawn and the commit of its pid (twice): the

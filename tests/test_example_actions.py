@@ -191,8 +191,10 @@ def test_a_run_ended_without_the_row_finished_can_be_retried_and_deleted(app: Fl
         EvaluateService.run_evaluate(uid)
         EvaluateService._process_manager.wait(uid, timeout=20)
         wait_until(lambda: fresh_status(uid) == "COMPLETED", timeout=10, message="the handler to finish")
+        # The handler writes the row; procman marks the handler done once it has returned.
+        wait_until(lambda: present(procman.get_manager().store.get(uid))["handler_state"] == "done",
+                   timeout=10, message="the handler marked done")
         record = present(procman.get_manager().store.get(uid))
-        assert record["handler_state"] == "done"
         # A fresh claim of a retry, its start not there yet: the earlier run's record is no sign.
         claim_without_a_process(uid, ago=0)
         assert not EvaluateService.is_stuck(present(row_of(uid)))

@@ -578,7 +578,10 @@ def test_a_reload_shows_the_log_in_the_order_it_was_shown_live(server: Server, c
         after = page.text_content("#live-log") or ""
         assert len(loads) == 2, loads  # live, then the reload
         live = shown[loads[0]]
-        assert live == after, f"live:\n{live}\n--- after the reload:\n{after}"
+        # What was shown live comes back first and in the same order (the page may reload at the end
+        # before the last live chunk arrived: the reload then shows more, never another order).
+        assert "no held-out split" in live and "progress 20/200" in live, live
+        assert after.startswith(live), f"live:\n{live}\n--- after the reload:\n{after}"
         order = [after.index(text) for text in ("imbalanced dataset", "no held-out split", "evaluating model",
                                                 "progress 20/200", "progress 200/200", "done")]
         assert order == sorted(order), after

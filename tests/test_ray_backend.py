@@ -9,17 +9,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import typing as t
 import uuid
 
 import psutil
 import pytest
-import workerapp
-from conftest import PY, AppFactory, free_port, present, stop_everything, wait_until
+from conftest import PY, AppFactory, free_port, present, wait_until
 from flask import Flask
 from ray_support import TOKEN, WORKER_RESOURCE, RayCluster
+from test_workers import Workers
 
 from flask_procman import ProcMan, errors
 from flask_procman.backends import InfeasibleResources
@@ -204,54 +203,14 @@ def test_the_token_is_not_in_the_settings_repr(cluster_app: Flask) -> None:
 
 
 # ---------------------------------------------------------------------- several OS processes
-HERE = os.path.dirname(__file__)
-
-
-class RayWorkers:
+class RayWorkers(Workers):
     """Worker subprocesses (tests/workerapp.py) and the test's own app, sharing one SQLite file,
     one log folder and the session's Ray cluster as backend ``cluster``."""
 
     def __init__(self, tmp_path: t.Any, cluster: RayCluster, cap: int) -> None:
-        self.tmp_path = tmp_path
-        self.env = {**os.environ, "WORKER_INSTANCE": str(tmp_path / "instance"),
-                    "WORKER_DB": f"sqlite:///{tmp_path / 'db.sqlite3'}", "WORKER_LOGS": str(tmp_path / "logs"),
-                    "WORKER_HANDLER_LOG": str(tmp_path / "handler.log"), "WORKER_CAP": "5",
-                    "WORKER_RAY_ADDRESS": cluster.address, "WORKER_RAY_TOKEN": TOKEN, "WORKER_RAY_CAP": str(cap),
-                    "WORKER_BACKEND": "cluster", "WORKER_STOP_ON_EXIT": "0",
-                    "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.procs: list[subprocess.Popen[str]] = []
-        self.apps: list[Flask] = []
-
-    def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "workerapp.py"), *args], env={**self.env, **env},
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.procs.append(proc)
-        return proc
-
-    def app(self) -> Flask:
-        old = dict(os.environ)
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("WORKER_")})
-        try:
-            workerapp.procman = ProcMan()
-            workerapp.procman.on_complete("record")(workerapp.record)
-            app = workerapp.create_app()
-        finally:
-            os.environ.clear()
-            os.environ.update(old)
-        self.apps.append(app)
-        return app
-
-    def handler_runs(self) -> list[list[str]]:
-        path = self.tmp_path / "handler.log"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-        for app in self.apps:
-            stop_everything(app)
+        super().__init__(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}")
+        self.env.update({"WORKER_CAP": "5", "WORKER_RAY_ADDRESS": cluster.address, "WORKER_RAY_TOKEN": TOKEN,
+                         "WORKER_RAY_CAP": str(cap), "WORKER_BACKEND": "cluster", "WORKER_STOP_ON_EXIT": "0"})
 
 
 def max_overlap(path: t.Any) -> int:

@@ -125,6 +125,19 @@ class EndRecorder:
         error = (row["error"] or "") + f"\nprocesses of the run still alive after SIGKILL: {survivors}"
         store.update(process_id, survivors=known + [p for p in survivors if p not in known], error=error.lstrip())
 
+    def fail_start(self, process_id: str, message: str, *, promoted: bool) -> None:
+        """A claimed start whose spawn or submit failed: ``failed`` by compare-and-set, its env file
+        gone. A promotion's completion runs now; a direct start's callback is dropped (its caller
+        gets the error instead)."""
+        rt = self._rt
+        won = rt.store.update(process_id, expect_status=["starting"], expect_owner=rt.owner,
+                              status="failed", error=message, finished_at=utcnow())
+        LogFiles(rt.settings.log_dir, process_id).remove_env()
+        if promoted:
+            self.dispatch_end(process_id, won=won)
+        else:
+            rt.callbacks.pop(process_id, None)
+
     def finish_stopped_start(self, process_id: str, owner: str | None) -> None:
         """Record ``stopped`` for a ``starting`` record of ``owner`` whose stop was requested (once)."""
         rt = self._rt

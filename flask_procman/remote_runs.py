@@ -98,13 +98,9 @@ class RemoteRuns:
 
             if isinstance(exc, BackendUnavailable):
                 self._cancel(record)  # a request cut off after it was sent may have submitted it
-            won = rt.store.update(process_id, expect_status=["starting"], expect_owner=rt.owner,
-                                  status="failed", error=message, finished_at=utcnow())
-            logs.remove_env()
+            self._ends.fail_start(process_id, message, promoted=promoted)
             if promoted:
-                self._ends.dispatch_end(process_id, won=won)
                 return
-            rt.callbacks.pop(process_id, None)
             kind = type(exc) if isinstance(exc, errors.StartError) else errors.StartError  # InfeasibleResources
             raise kind(message) from exc
         try:

@@ -163,13 +163,9 @@ class Starter:
             handle = self._launch(record, overrides)
         except (OSError, ValueError) as exc:  # ValueError: an argument or env the OS cannot encode
             message = f"Could not start {record['cmd'][0]!r}: {exc}"
-            won = rt.store.update(process_id, expect_status=["starting"], expect_owner=rt.owner,
-                                  status="failed", error=message, finished_at=utcnow())
-            logs.remove_env()
+            self._ends.fail_start(process_id, message, promoted=promoted)
             if promoted:
-                self._ends.dispatch_end(process_id, won=won)
                 return
-            rt.callbacks.pop(process_id, None)
             raise errors.StartError(message) from exc
         try:
             won = rt.store.update(process_id, expect_status=["starting"], expect_owner=rt.owner,
